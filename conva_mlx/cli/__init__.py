@@ -1,0 +1,1 @@
+"""The `conva-mlx` command line."""

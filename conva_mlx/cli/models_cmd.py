@@ -1,0 +1,32 @@
+"""`conva-mlx models`: prepare the default model, import GGUF files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..default_model import ensure_default_model
+from ..gguf_import import import_gguf
+from .options import log
+
+
+@click.group()
+def models() -> None:
+    """Prepare and import models."""
+
+
+@models.command("default")
+def models_default() -> None:
+    """Prepare the default model (SmolLM2-135M-Instruct) and print its directory."""
+    click.echo(str(ensure_default_model(log)))
+
+
+@models.command("import-gguf")
+@click.argument("gguf_file", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="MLX model directory to create.")
+def models_import_gguf(gguf_file: Path, out_dir: Path) -> None:
+    """Convert a Llama/Qwen2/Qwen3 GGUF (F32/F16/BF16/Q8_0/Q4_0/Q4_1) into an MLX directory."""
+    out = import_gguf(gguf_file, out_dir, progress=log)
+    click.echo(str(out))

@@ -1,0 +1,25 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..loading import DTYPES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def model_option(f: F) -> F:
+    f = click.option("--model", "model_spec", default="default", show_default=True,
+                     help="'default', a local MLX directory, a .gguf file or a Hub repo id.")(f)
+    f = click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                     help="Compute dtype; auto = float32 on CPU for small models, "
+                          "quantized on GPU.")(f)
+    return f
+
+
+def log(message: str) -> None:
+    click.secho(message, err=True, dim=True)

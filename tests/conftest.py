@@ -1,0 +1,38 @@
+"""Shared fixtures: the real default model and tiny random-weight models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conva_mlx.default_model import ensure_default_model, find_default_gguf
+from conva_mlx.loading import LoadedModel, load_model
+from tests.tiny_models import ARCHS, make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    return find_default_gguf()
+
+
+@pytest.fixture(scope="session")
+def default_lm(default_model_dir: Path) -> LoadedModel:
+    return load_model("default", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory,
+                    default_model_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: make_tiny_model(arch, root / arch, default_model_dir) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def tiny_lm(request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path]) -> LoadedModel:
+    return load_model(str(tiny_model_dirs[request.param]), dtype="float32")

