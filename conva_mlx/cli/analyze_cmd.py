@@ -1,0 +1,66 @@
+"""`conva-mlx analyze`: value-vector similarities vs the Schwartz circumplex."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..analysis import StructureReport, value_structure
+from ..plots import plot_heatmap
+from .packs import open_pack, resolve_pack_path
+
+
+def similarity_table(rep: StructureReport) -> Table:
+    table = Table(title=f"Cosine similarity of value vectors at block {rep.layer}")
+    table.add_column("")
+    for v in rep.values:
+        table.add_column(v[:6], justify="right")
+    for i, v in enumerate(rep.values):
+        cells = []
+        for j in range(len(rep.values)):
+            c = rep.cosine[i, j]
+            style = "bold green" if c > 0.3 else "red" if c < -0.3 else ""
+            cells.append(f"[{style}]{c:+.2f}[/]" if style else f"{c:+.2f}")
+        table.add_row(v, *cells)
+    return table
+
+
+@click.command()
+@click.option("--pack", "pack_spec", required=True)
+@click.option("--layer", type=int, default=None,
+              help="Block to compare at (default: where the probes are jointly best).")
+@click.option("--out", "out_png", type=click.Path(path_type=Path), default=None,
+              help="Heatmap PNG (default: <pack>/similarity.png).")
+@click.option("--json", "as_json", is_flag=True)
+def analyze(pack_spec: str, layer: int | None, out_png: Path | None, as_json: bool) -> None:
+    """Compare value-vector similarities with the Schwartz circumplex."""
+    pack = open_pack(pack_spec)
+    rep = value_structure(pack, layer)
+    out_png = out_png or resolve_pack_path(pack_spec) / "similarity.png"
+    plot_heatmap(rep.cosine, rep.values, out_png,
+                 f"Value vectors at block {rep.layer} ({pack.model.model_id})")
+    verdict = "yes" if rep.neighbours_more_similar else "no"
+    if as_json:
+        click.echo(json.dumps({
+            "layer": rep.layer, "values": rep.values,
+            "cosine": [[round(float(x), 4) for x in row] for row in rep.cosine],
+            "neighbour_mean": rep.neighbour_mean, "opposite_mean": rep.opposite_mean,
+            "neighbours_more_similar": rep.neighbours_more_similar,
+            "spearman_vs_circumplex": rep.spearman, "heatmap": str(out_png)}, indent=2))
+        return
+    console = Console()
+    console.print(similarity_table(rep))
+    console.print(
+        f"neighbours on the circumplex: mean cosine {rep.neighbour_mean:+.3f}; opposites: "
+        f"{rep.opposite_mean:+.3f} -> neighbours more similar than opposites: {verdict} "
+        f"(gap {rep.neighbour_mean - rep.opposite_mean:+.3f}); Spearman rho between similarity "
+        f"and circumplex closeness {rep.spearman:+.2f}")
+    console.print(f"heatmap: {out_png}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(analyze)

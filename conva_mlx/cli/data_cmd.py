@@ -1,0 +1,146 @@
+"""`conva-mlx data`: validate a value-data directory, generate pairs through an LLM API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..data_generate import (
+    DEFAULT_BASE_URL,
+    DEFAULT_KEY_ENV,
+    DEFAULT_MODEL,
+    GenerateConfig,
+    generate_pairs,
+)
+from ..data_validate import (
+    LENGTH_RATIO_MAX,
+    LENGTH_RATIO_MIN,
+    MAX_UNCONTROLLED_MEAN,
+    MIN_CONTEXT_SCORE,
+    GroupStats,
+    Issue,
+    ValidationReport,
+    validate_data,
+)
+from ..dataset import SHIPPED_DATA
+from ..errors import ConvaError
+from ..values import VALUE_NAMES
+
+
+@click.group("data")
+def data() -> None:
+    """Validate and generate value data."""
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _row(s: GroupStats) -> list[str]:
+    count = f"{s.count}/{s.expected}"
+    if s.count != s.expected:
+        count = f"[red]{count}[/red]"
+    low = MAX_UNCONTROLLED_MEAN if s.group == "uncontrolled" else MIN_CONTEXT_SCORE
+    mean, lowest = _fmt(s.mean_score), _fmt(s.min_score)
+    if s.group == "uncontrolled" and s.mean_score is not None and s.mean_score >= low:
+        mean = f"[red]{mean}[/red]"
+    if s.group not in ("uncontrolled", "dilemmas") and s.min_score is not None \
+            and s.min_score < low:
+        lowest = f"[red]{lowest}[/red]"
+    ratio = _fmt(s.mean_length_ratio)
+    if s.group not in ("uncontrolled", "dilemmas") and s.mean_length_ratio is not None \
+            and not LENGTH_RATIO_MIN <= s.mean_length_ratio <= LENGTH_RATIO_MAX:
+        ratio = f"[red]{ratio}[/red]"
+    dups = str(s.near_duplicates) if s.near_duplicates == 0 else f"[red]{s.near_duplicates}[/red]"
+    return [s.value, s.group, count, mean, lowest, ratio, dups]
+
+
+def _stats_table(report: ValidationReport) -> Table:
+    table = Table(title=f"value data in {report.root}", title_justify="left")
+    for name, justify in (("value", "left"), ("block", "left"), ("count", "right"),
+                          ("mean ctx", "right"), ("min ctx", "right"),
+                          ("len ratio", "right"), ("near-dup", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    order = {v: i for i, v in enumerate(VALUE_NAMES)}
+    rows = sorted(report.stats, key=lambda s: (order.get(s.value, 99), s.group == "dilemmas",
+                                               s.group == "uncontrolled"))
+    last = None
+    for s in rows:
+        if last is not None and s.value != last:
+            table.add_section()
+        table.add_row(*_row(s))
+        last = s.value
+    return table
+
+
+def _print_issues(title: str, issues: list[Issue], limit: int) -> None:
+    if not issues:
+        return
+    click.echo(f"\n{title} ({len(issues)}):")
+    shown = issues if limit <= 0 else issues[:limit]
+    for issue in shown:
+        click.echo(f"  {issue}")
+    if len(shown) < len(issues):
+        click.echo(f"  ... and {len(issues) - len(shown)} more (--limit 0 or --json shows all)")
+
+
+@data.command("validate")
+@click.argument("path", required=False, type=click.Path(path_type=Path),
+                default=SHIPPED_DATA)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--limit", default=100, show_default=True,
+              help="Errors and warnings listed at most (0 = all).")
+def data_validate(path: Path, as_json: bool, limit: int) -> None:
+    """Check a data directory (default: the shipped data): schema, counts, context control,
+    near-duplicates and leakage. Exits 1 when there are errors."""
+    report = validate_data(path)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        console = Console(width=max(100, Console().width))
+        console.print(_stats_table(report))
+        totals = ", ".join(f"{k} {v}" for k, v in report.totals.items())
+        click.echo(f"totals: {totals}")
+        _print_issues("errors", report.errors, limit)
+        _print_issues("warnings", report.warnings, limit)
+        click.echo(f"\n{report.summary()}")
+    if not report.ok:
+        raise ConvaError(f"{len(report.errors)} error(s) in {report.root}")
+
+
+@data.command("generate")
+@click.option("--value", required=True, type=click.Choice(VALUE_NAMES), help="The value.")
+@click.option("--n", "n", required=True, type=click.IntRange(min=1),
+              help="Pairs wanted in --out (pairs already there count).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL file to append to; a rerun resumes where it stopped.")
+@click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
+              help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 for mlx_lm.server.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model name to ask for.")
+@click.option("--api-key-env", default=DEFAULT_KEY_ENV, show_default=True,
+              help="Environment variable holding the API key; 'none' for a keyless local server.")
+@click.option("--max-retries", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Retries per request on rate limits, timeouts and server errors.")
+@click.option("--temperature", default=0.9, show_default=True, type=float)
+@click.option("--batch-size", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Positives asked for per request.")
+def data_generate(value: str, n: int, out: Path, base_url: str, model: str, api_key_env: str,
+                  max_retries: int, temperature: float, batch_size: int) -> None:
+    """Generate context-controlled pairs for one value through an LLM API (two stages:
+    positives, then a minimally changed negative for each)."""
+    config = GenerateConfig(value=value, n=n, out=out, base_url=base_url, model=model,
+                            api_key_env=api_key_env, max_retries=max_retries,
+                            temperature=temperature, batch_size=batch_size)
+    report = generate_pairs(config)
+    click.echo(report.summary())
+    if not report.complete:
+        raise ConvaError(f"{out} holds {report.existing + report.written} of {n} pairs; "
+                         f"rerun to continue")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(data)

@@ -1,0 +1,78 @@
+"""`conva-mlx extract`: value vectors, probes and gate -> a vector pack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..dataset import ValueData
+from ..extract import ExtractOptions, extract_pack
+from ..layers import parse_layers
+from ..loading import load_model
+from ..pack import DEFAULT_P0, Pack, save_pack
+from ..plots import plot_accuracy_by_layer
+from ..values import parse_values
+from .options import log, model_option
+
+
+def accuracy_table(pack: Pack) -> Table:
+    table = Table(title=f"Probe accuracy by value ({pack.model.model_id})")
+    for col in ("value", "best block", "held-out acc", "steered blocks", "n", "ablation acc",
+                "note"):
+        table.add_column(col)
+    for name, v in pack.values.items():
+        acc = v.probes.accuracies
+        best = int(acc.argmax())
+        layers = f"{min(v.layers)}-{max(v.layers)}" if v.layers else "-"
+        nocc = f"{v.nocc.accuracies.max():.2f}" if v.nocc is not None else "-"
+        table.add_row(name, str(best), f"{acc[best]:.2f}", layers, str(len(v.layers)), nocc,
+                      v.selection_note)
+    return table
+
+
+@click.command()
+@model_option
+@click.option("--values", "values_spec", default="all", show_default=True,
+              help="'all' or a comma-separated list of values.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data directory (default: the shipped data).")
+@click.option("--layers", "layers_spec", default=None,
+              help="Steer these blocks for every value (e.g. 8-20); default: automatic.")
+@click.option("--p0", "default_p0", type=float, default=DEFAULT_P0, show_default=True,
+              help="Default strength stored in the pack.")
+@click.option("--no-gate", is_flag=True, help="Do not train the gate.")
+@click.option("--no-ablation", is_flag=True,
+              help="Skip probes on the non-context-controlled data.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None,
+            layers_spec: str | None, default_p0: float, no_gate: bool, no_ablation: bool,
+            out_dir: Path) -> None:
+    """Extract value vectors and the gate into a vector pack."""
+    values = parse_values(values_spec)
+    data = ValueData(data_dir)
+    lm = load_model(model_spec, dtype)
+    log(f"model {lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {lm.dtype}")
+    opts = ExtractOptions(layers=parse_layers(layers_spec, lm.num_layers),
+                          default_p0=default_p0, with_nocc=not no_ablation,
+                          with_gate=not no_gate)
+    pack = extract_pack(lm, values, data, opts)
+    save_pack(pack, out_dir)
+    plot = plot_accuracy_by_layer({n: v.probes.accuracies for n, v in pack.values.items()},
+                                  {n: v.layers for n, v in pack.values.items()},
+                                  out_dir / "probe_accuracy.png",
+                                  f"Probe accuracy by block - {lm.model_id}", opts.threshold)
+    console = Console()
+    console.print(accuracy_table(pack))
+    if pack.gate is not None:
+        g = pack.gate
+        console.print(f"gate: block {g.layer}, threshold {g.threshold:.3f}, held-out precision "
+                      f"{g.metrics.precision:.2f} recall {g.metrics.recall:.2f} "
+                      f"F1 {g.metrics.f1:.2f} (false-open rate {g.metrics.false_open_rate:.2f})")
+    console.print(f"pack written to {out_dir} (plot: {plot})")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(extract)

@@ -1,0 +1,76 @@
+"""PNG plots: probe accuracy by layer and value-vector similarity heatmaps (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .fsutil import atomic_path  # noqa: E402
+
+
+def plot_accuracy_by_layer(accuracies: dict[str, np.ndarray], selected: dict[str, list[int]],
+                           out: Path, title: str, threshold: float = 0.9) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, acc) in enumerate(accuracies.items()):
+        ax.plot(np.arange(len(acc)), acc, label=name, color=cmap(i % 10), lw=1.6)
+        sel = selected.get(name, [])
+        ax.scatter(sel, acc[sel], color=cmap(i % 10), s=10)
+    ax.axhline(threshold, color="grey", ls="--", lw=1)
+    ax.set_xlabel("block (output of decoder block k)")
+    ax.set_ylabel("held-out probe accuracy")
+    ax.set_ylim(0.4, 1.02)
+    ax.set_title(title)
+    ax.legend(ncol=2, fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def plot_heatmap(matrix: np.ndarray, labels: list[str], out: Path, title: str,
+                 vmin: float = -1.0, vmax: float = 1.0) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=110)
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def plot_bars(table: dict[str, dict[str, float]], out: Path, title: str, ylabel: str) -> Path:
+    """Grouped bars: rows (e.g. values) x series (e.g. methods)."""
+    rows = list(table)
+    series = sorted({s for r in table.values() for s in r}, key=lambda s: list(
+        next(iter(table.values())).keys()).index(s) if s in next(iter(table.values())) else 99)
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 1.1), 4.8), dpi=110)
+    width = 0.8 / max(1, len(series))
+    for i, s in enumerate(series):
+        ys = [table[r].get(s, np.nan) for r in rows]
+        ax.bar(np.arange(len(rows)) + i * width, ys, width, label=s)
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, rows, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
