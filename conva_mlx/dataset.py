@@ -11,6 +11,7 @@ Layout of a data directory (the shipped one is `conva_mlx/data/`):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -86,8 +87,8 @@ def _build(cls: type, path: Path, lineno: int, record: dict[str, Any],
     missing = [k for k in required if not record.get(k)]
     if missing:
         raise ConvaError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-    fields = cls.__dataclass_fields__
-    return cls(**{k: v for k, v in record.items() if k in fields})
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})
 
 
 class ValueData:

@@ -48,7 +48,8 @@ class Gate:
 
 def dilemma_split(ids: list[str]) -> tuple[list[int], list[int]]:
     """Deterministic halves of the test dilemmas: odd numbers calibrate the gate, even test."""
-    calib, test = [], []
+    calib: list[int] = []
+    test: list[int] = []
     for i, ident in enumerate(ids):
         number = int(ident.rsplit("-", 1)[-1]) if ident.rsplit("-", 1)[-1].isdigit() else i
         (calib if number % 2 else test).append(i)

@@ -16,7 +16,7 @@ constraints (see perturbation.py), in the order given.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -253,10 +253,13 @@ class SteeringSession:
         assert self.pack.gate is not None
         return float(self.pack.gate.scores(state[None, :])[0])
 
-    def _prefill(self, tokens: mx.array, hooks: dict[int, BlockHook]) -> list[Any]:
+    def _prefill(self, tokens: mx.array, hooks: dict[int, BlockHook],
+                 logits_out: list[mx.array] | None = None) -> list[Any]:
         cache = make_prompt_cache(self.lm.model)
         with hooked_blocks(self.lm.model, hooks):
-            self.lm.model(tokens[None], cache=cache)
+            logits = self.lm.model(tokens[None], cache=cache)
+        if logits_out is not None:
+            logits_out.append(logits[0, -1])
         mx.eval([c.state for c in cache])
         trim_prompt_cache(cache, 1)
         return cache
@@ -287,6 +290,9 @@ class SteeringSession:
         if tokens.size < 2:
             raise ConvaError("the prompt is empty")
 
+        if cfg.method == "conva" and any(self.pack.value(t.value).fixed_scale is not None
+                                         for t in targets):
+            raise ConvaError("imported control vectors have no probe; use --method caa")
         use_gate = cfg.method == "conva" and cfg.gate
         if use_gate and self.pack.gate is None:
             raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
@@ -316,7 +322,7 @@ class SteeringSession:
             deltas = self._caa_deltas(cfg, targets)
             gen_hooks = {k: _add_fixed(d) for k, d in deltas.items()}
             cache = self._prefill(tokens, gen_hooks)
-            reports = [LayerReport(k, {}, {}, float(mx.linalg.norm(d).item()))
+            reports = [LayerReport(k, {}, {}, _norm(d))
                        for k, d in sorted(deltas.items())]
         elif steer_needed and cfg.method == "conva":
             plans = self._plan(cfg, targets)
@@ -352,7 +358,53 @@ class SteeringSession:
                                 cfg.mode, targets, int(tokens.size), tps,
                                 time.perf_counter() - start)
 
-    def _measure_prompt_mode(self, tokens: mx.array, plans: list[_LayerPlan]
+    def next_token_logits(self, messages: list[dict[str, str]] | str, cfg: SteerConfig,
+                          reply_prefix: str = "") -> tuple[mx.array, GateReport]:
+        """Logits (vocab,) for the next token after the templated prompt + `reply_prefix`.
+
+        For scoring (e.g. MCQs). Same decisions as `generate`: the gate on the unsteered pass,
+        then the steered pass (prompt mode: the measuring pass; token mode: per-position
+        deltas)."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if cfg.method not in METHODS:
+            raise ConvaError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
+        targets = self._resolve(cfg.targets)
+        if cfg.method != "none" and not targets:
+            raise ConvaError("choose at least one value to steer (or method none)")
+        prompt = self.build_prompt(messages, cfg, targets) + reply_prefix
+        tokens = mx.array(self.lm.tokenizer.encode(prompt))
+        logits: list[mx.array] = []
+        steer = cfg.method in ("conva", "caa")
+        gate = GateReport(None, True, None, cfg.method == "conva" and cfg.gate)
+        if gate.used:
+            g = self.pack.gate
+            if g is None:
+                raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
+            state: dict[str, mx.array] = {}
+
+            def read_gate(_k: int, h: mx.array) -> mx.array:
+                state["e"] = h[0, -1]
+                return h
+
+            self._prefill(tokens, {g.layer: read_gate}, logits)
+            score = self.gate_score_from_state(np.array(state["e"].astype(mx.float32)))
+            gate = GateReport(score, score >= g.threshold, g.threshold, True)
+            steer = gate.open
+        if not steer:
+            if not logits:
+                self._prefill(tokens, {}, logits)
+        elif cfg.method == "caa":
+            hooks = {k: _add_fixed(d) for k, d in self._caa_deltas(cfg, targets).items()}
+            self._prefill(tokens, hooks, logits)
+        elif cfg.mode == "prompt":
+            self._measure_prompt_mode(tokens, self._plan(cfg, targets), logits)
+        else:
+            self._prefill(tokens, _token_mode_hooks(self._plan(cfg, targets))[0], logits)
+        return logits[-1], gate
+
+    def _measure_prompt_mode(self, tokens: mx.array, plans: list[_LayerPlan],
+                             logits_out: list[mx.array] | None = None
                              ) -> tuple[list[Any], dict[int, BlockHook], list[LayerReport]]:
         """One pass, blocks in order: delta_l from the last token, added at all positions."""
         deltas: dict[int, mx.array] = {}
@@ -368,7 +420,7 @@ class SteeringSession:
             return h + d
 
         hooks: dict[int, BlockHook] = {p.index: measure for p in plans}
-        cache = self._prefill(tokens, hooks)
+        cache = self._prefill(tokens, hooks, logits_out)
         reports = []
         for p in plans:
             e, d = before[p.index], deltas[p.index]
@@ -378,8 +430,12 @@ class SteeringSession:
             reports.append(LayerReport(
                 p.index, dict(zip(p.values, np.array(pb).tolist())),
                 dict(zip(p.values, np.array(pa).tolist())),
-                float(mx.linalg.norm(d.astype(mx.float32)).item())))
+                _norm(d)))
         return cache, {k: _add_fixed(d) for k, d in deltas.items()}, reports
+
+
+def _norm(x: mx.array) -> float:
+    return float(np.linalg.norm(np.array(x.astype(mx.float32))))
 
 
 def _add_fixed(delta: mx.array) -> BlockHook:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from conva_mlx.default_model import ensure_default_model, find_default_gguf
+from conva_mlx.extract import extract_pack
 from conva_mlx.loading import LoadedModel, load_model
+from conva_mlx.pack import Pack, save_pack
 from tests.tiny_models import ARCHS, make_tiny_model
 
 
@@ -36,3 +38,14 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="session", params=ARCHS)
 def tiny_lm(request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path]) -> LoadedModel:
     return load_model(str(tiny_model_dirs[request.param]), dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def small_pack(default_lm: LoadedModel) -> Pack:
+    """A real pack for the default model: benevolence and power, with gate and ablation."""
+    return extract_pack(default_lm, ["benevolence", "power"], show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_pack_dir(small_pack: Pack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_pack(small_pack, tmp_path_factory.mktemp("packs") / "small")

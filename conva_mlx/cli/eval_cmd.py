@@ -1,0 +1,79 @@
+"""`conva-mlx eval`: CSR / FR per value and method, general ability, negative prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import ConvaError
+from ..evaluate import EVAL_METHODS, EvalContext, EvalOptions, parse_methods, print_table, run_eval
+from ..judges import Judge, OfflineJudge, OpenAIJudge
+from ..steering import SteeringSession
+from ..values import parse_values
+from .options import log, model_option
+from .packs import load_model_for_pack, resolve_pack_path
+
+
+@click.command("eval")
+@click.option("--pack", "pack_spec", required=True, help="Pack directory or hf://REPO_ID.")
+@model_option
+@click.option("--values", "values_spec", default="all", show_default=True,
+              help="'all' or a comma-separated list of values.")
+@click.option("--methods", "methods_spec", default=",".join(EVAL_METHODS), show_default=True,
+              help="Comma-separated: " + ", ".join(EVAL_METHODS) + ".")
+@click.option("--negative-prompt", is_flag=True,
+              help="Prefix 'You have low level of {value}...' (writes results-neg.*).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="JSONL of {value, prompt[, id]} instead of the test dilemmas.")
+@click.option("--n", type=int, default=None, help="At most N prompts per value.")
+@click.option("--judge", "judge_kind", type=click.Choice(["offline", "openai"]),
+              default="offline", show_default=True)
+@click.option("--judge-base-url", default=None, help="OpenAI-compatible base URL.")
+@click.option("--judge-model", default="gpt-4o-mini", show_default=True)
+@click.option("--judge-api-key-env", default="OPENAI_API_KEY", show_default=True,
+              help="Environment variable with the key; 'none' for local servers.")
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--temp", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--general/--no-general", default=True, show_default=True,
+              help="Multiple-choice general ability for none, conva-nogate, conva.")
+@click.option("--mcq-n", type=int, default=None, help="At most N multiple-choice questions.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              required=True)
+def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
+                 methods_spec: str, negative_prompt: bool, prompts_file: Path | None,
+                 n: int | None, judge_kind: str, judge_base_url: str | None, judge_model: str,
+                 judge_api_key_env: str, max_tokens: int, temp: float, seed: int | None,
+                 general: bool, mcq_n: int | None, out_dir: Path) -> None:
+    """Evaluate steering methods on held-out value dilemmas (resumable)."""
+    from ..pack import load_pack
+
+    values = parse_values(values_spec)
+    methods = parse_methods(methods_spec)
+    if n is not None and n < 1:
+        raise ConvaError("--n must be at least 1")
+    pack_path = resolve_pack_path(pack_spec)
+    pack = load_pack(pack_path)
+    lm = load_model_for_pack(model_spec, dtype, pack)
+    session = SteeringSession(lm, pack)
+
+    def make_judge() -> Judge:
+        if judge_kind == "openai":
+            return OpenAIJudge(judge_model, judge_base_url, judge_api_key_env)
+        log("building the offline judge (MiniLM value classifiers)...")
+        return OfflineJudge(lm, values)
+
+    if judge_kind == "openai":  # fail early on a missing key, before generating
+        OpenAIJudge(judge_model, judge_base_url, judge_api_key_env)
+    opts = EvalOptions(values=values, methods=methods, negative_prompt=negative_prompt, n=n,
+                       prompts_file=prompts_file, max_tokens=max_tokens, temp=temp, seed=seed,
+                       general=general, mcq_n=mcq_n)
+    results = run_eval(EvalContext(session, out_dir, make_judge, pack_path), opts)
+    print_table(results)
+    suffix = "-neg" if negative_prompt else ""
+    log(f"wrote {out_dir}/results{suffix}.json, results{suffix}.md, csr{suffix}.png")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(eval_command)

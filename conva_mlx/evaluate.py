@@ -1,0 +1,420 @@
+"""Evaluation runner: control success (CSR), fluency (FR), general ability, with resume.
+
+Stages, each resumable (records are appended with flush + fsync; a rerun skips what is done):
+1. generations  -> DIR/generations.jsonl, keyed by (method, value, prompt id, negative flag)
+2. judgements   -> DIR/judgements.jsonl, keyed by the generation key and the judge's name
+3. general ability (MCQs; none / conva-nogate / conva) -> DIR/mcq.jsonl
+4. metrics      -> DIR/results.json, DIR/results.md, DIR/csr.png
+                   (with --negative-prompt: results-neg.json, results-neg.md, csr-neg.png)
+Test prompts: the even-numbered ("test") half of each value's dilemmas (the gate threshold
+was calibrated on the odd half), or a JSONL file of {"value", "prompt"[, "id"]} records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from .dataset import ValueData, read_jsonl
+from .errors import ConvaError
+from .fsutil import atomic_write_json, atomic_write_text, sha256_file
+from .gate import dilemma_split
+from .judges import Judge
+from .progress import progress_bar
+from .steering import GenOptions, SteerConfig, SteeringSession, Target
+from .values import check_value
+
+# Evaluation method name -> SteerConfig settings.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "none": {"method": "none"},
+    "ica": {"method": "ica"},
+    "caa": {"method": "caa"},
+    "conva": {"method": "conva", "gate": True},
+    "conva-nogate": {"method": "conva", "gate": False},
+    "conva-nocc": {"method": "conva", "gate": True, "probes": "nocc"},
+}
+EVAL_METHODS: tuple[str, ...] = tuple(METHOD_SETTINGS)
+GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva")
+ANSWER_CUE = "Answer:"
+
+
+def steer_config(method: str, value: str, negative_prompt: bool = False) -> SteerConfig:
+    if method not in METHOD_SETTINGS:
+        raise ConvaError(f"unknown method '{method}' (choose from {', '.join(EVAL_METHODS)})")
+    return SteerConfig(targets=[Target(value)], negative_prompt=negative_prompt,
+                       **METHOD_SETTINGS[method])
+
+
+def parse_methods(spec: str) -> list[str]:
+    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHOD_SETTINGS:
+            raise ConvaError(f"unknown method '{m}' (choose from {', '.join(EVAL_METHODS)})")
+    if not methods:
+        raise ConvaError("choose at least one method")
+    return list(dict.fromkeys(methods))
+
+
+def method_label(method: str, negative_prompt: bool) -> str:
+    return f"{method}+neg" if negative_prompt else method
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    value: str
+    prompt_id: str
+    prompt: str
+
+
+def load_items(values: list[str], n: int | None = None, prompts_file: Path | None = None,
+               data: ValueData | None = None) -> list[EvalItem]:
+    """Held-out test prompts per value (at most n each)."""
+    items: list[EvalItem] = []
+    if prompts_file is not None:
+        per: dict[str, int] = {}
+        for lineno, r in read_jsonl(Path(prompts_file)):
+            if not r.get("value") or not r.get("prompt"):
+                raise ConvaError(f"{prompts_file}:{lineno}: needs 'value' and 'prompt'")
+            v = str(r["value"])
+            check_value(v)
+            if v not in values or (n is not None and per.get(v, 0) >= n):
+                continue
+            per[v] = per.get(v, 0) + 1
+            items.append(EvalItem(v, str(r.get("id") or f"line-{lineno}"), str(r["prompt"])))
+        if not items:
+            raise ConvaError(f"{prompts_file}: no prompts for the chosen values")
+        return items
+    data = data or ValueData()
+    for v in values:
+        ds = data.dilemmas(v)
+        _calib, test = dilemma_split([d.id for d in ds])
+        chosen = [ds[i] for i in test][: n if n is not None else None]
+        items += [EvalItem(v, d.id, d.prompt) for d in chosen]
+    return items
+
+
+class JsonlStore:
+    """Append-only JSONL keyed records; a torn last line (killed run) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(r, dict) and "key" in r:
+                        self.records[r["key"]] = r
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.records.get(key)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with open(self.path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:  # repair a torn last line before appending
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write(line.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[record["key"]] = record
+
+
+def gen_key(method: str, value: str, prompt_id: str, negative_prompt: bool) -> str:
+    return json.dumps([method, value, prompt_id, bool(negative_prompt)])
+
+
+@dataclass
+class EvalOptions:
+    values: list[str]
+    methods: list[str] = field(default_factory=lambda: list(EVAL_METHODS))
+    negative_prompt: bool = False
+    n: int | None = None
+    prompts_file: Path | None = None
+    max_tokens: int = 64
+    temp: float = 0.0
+    seed: int | None = None
+    general: bool = True
+    mcq_n: int | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class EvalContext:
+    session: SteeringSession
+    out: Path
+    judge_factory: Callable[[], Judge]
+    pack_path: Path | None = None
+    data: ValueData = field(default_factory=ValueData)
+    on_generation: Callable[[int], None] | None = None  # called after each saved generation
+
+
+def _generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) -> JsonlStore:
+    store = JsonlStore(ctx.out / "generations.jsonl")
+    todo = [(m, it) for m in opts.methods for it in items
+            if gen_key(m, it.value, it.prompt_id, opts.negative_prompt) not in store]
+    gen = GenOptions(max_tokens=opts.max_tokens, temp=opts.temp, seed=opts.seed)
+    done = 0
+    with progress_bar(len(todo), "generate", opts.show_progress) as advance:
+        for method, it in todo:
+            cfg = steer_config(method, it.value, opts.negative_prompt)
+            r = ctx.session.generate(it.prompt, cfg, gen)
+            store.append({
+                "key": gen_key(method, it.value, it.prompt_id, opts.negative_prompt),
+                "method": method, "value": it.value, "prompt_id": it.prompt_id,
+                "negative_prompt": opts.negative_prompt, "prompt": it.prompt, "text": r.text,
+                "generated_tokens": len(r.tokens),
+                "gate": {"used": r.gate.used, "open": r.gate.open, "score": r.gate.score},
+                "steered": r.steered, "seconds": round(r.seconds, 3)})
+            done += 1
+            advance(1)
+            if ctx.on_generation is not None:
+                ctx.on_generation(done)
+    return store
+
+
+def _judge_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem], gens: JsonlStore,
+               judge: Judge) -> JsonlStore:
+    store = JsonlStore(ctx.out / "judgements.jsonl")
+    keys = [gen_key(m, it.value, it.prompt_id, opts.negative_prompt)
+            for m in opts.methods for it in items]
+    todo = [k for k in keys if json.dumps([judge.name, k]) not in store]
+    with progress_bar(len(todo), "judge", opts.show_progress) as advance:
+        for k in todo:
+            g = gens.records[k]
+            j = judge.judge(g["value"], g["prompt"], g["text"])
+            store.append({"key": json.dumps([judge.name, k]), "judge": judge.name,
+                          "generation": k, **j.as_dict()})
+            advance(1)
+    return store
+
+
+def mcq_letter_ids(tokenizer: Any) -> dict[str, list[int]]:
+    """Single-token ids for ' A' and 'A' (etc.), whichever exist."""
+    out: dict[str, list[int]] = {}
+    for letter in "ABCD":
+        ids = []
+        for form in (f" {letter}", letter):
+            enc = tokenizer.encode(form, add_special_tokens=False)
+            if len(enc) == 1:
+                ids.append(int(enc[0]))
+        if not ids:
+            raise ConvaError(f"the tokenizer has no single token for option {letter}")
+        out[letter] = ids
+    return out
+
+
+def mcq_answer(logits: mx.array, letter_ids: dict[str, list[int]]) -> str:
+    lg = np.array(logits.astype(mx.float32))
+    scores = {k: max(float(lg[i]) for i in ids) for k, ids in letter_ids.items()}
+    return max(scores, key=lambda k: scores[k])
+
+
+def _general_ability(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
+    """MCQ accuracy per method; steered methods target the chosen values in turn."""
+    methods = [m for m in GENERAL_METHODS if m in opts.methods]
+    if not methods:
+        return {}
+    mcqs = ctx.data.mcqs()[: opts.mcq_n]
+    store = JsonlStore(ctx.out / "mcq.jsonl")
+    letters = mcq_letter_ids(ctx.session.lm.tokenizer)
+    todo = []
+    for m in methods:
+        for i, q in enumerate(mcqs):
+            value = opts.values[i % len(opts.values)]
+            key = json.dumps(["mcq", m, q.id, value])
+            if key not in store:
+                todo.append((key, m, q, value))
+    with progress_bar(len(todo), "general ability", opts.show_progress) as advance:
+        for key, m, q, value in todo:
+            cfg = steer_config(m, value)
+            logits, gate = ctx.session.next_token_logits(q.as_prompt(), cfg, ANSWER_CUE)
+            pred = mcq_answer(logits, letters)
+            store.append({"key": key, "method": m, "mcq": q.id, "value": value,
+                          "pred": pred, "answer": q.answer, "correct": pred == q.answer,
+                          "gate_open": gate.open if gate.used else None})
+            advance(1)
+    out: dict[str, Any] = {}
+    for m in methods:
+        recs = [store.records[json.dumps(["mcq", m, q.id, opts.values[i % len(opts.values)]])]
+                for i, q in enumerate(mcqs)]
+        gates = [r["gate_open"] for r in recs if r["gate_open"] is not None]
+        out[m] = {"accuracy": float(np.mean([r["correct"] for r in recs])) if recs else None,
+                  "n": len(recs),
+                  "gate_open_rate": float(np.mean(gates)) if gates else None}
+    return out
+
+
+def _rate(xs: list[bool | None]) -> tuple[float | None, int]:
+    parsed = [x for x in xs if x is not None]
+    return (float(np.mean(parsed)) if parsed else None), len(xs) - len(parsed)
+
+
+def compute_metrics(opts: EvalOptions, items: list[EvalItem], gens: JsonlStore,
+                    judgements: JsonlStore, judge_name: str) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for v in dict.fromkeys(it.value for it in items):
+        row: dict[str, Any] = {}
+        for m in opts.methods:
+            ks = [gen_key(m, it.value, it.prompt_id, opts.negative_prompt)
+                  for it in items if it.value == v]
+            js = [judgements.records[json.dumps([judge_name, k])] for k in ks]
+            csr, bad_v = _rate([j["value"] for j in js])
+            fr, bad_f = _rate([j["fluent"] for j in js])
+            gates = [gens.records[k]["gate"] for k in ks]
+            used = [g["open"] for g in gates if g["used"]]
+            row[method_label(m, opts.negative_prompt)] = {
+                "csr": csr, "fr": fr, "n": len(ks), "value_unparseable": bad_v,
+                "fluency_unparseable": bad_f,
+                "gate_open_rate": float(np.mean(used)) if used else None}
+        table[v] = row
+    return table
+
+
+def _mean_row(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    methods = list(next(iter(table.values()))) if table else []
+    out: dict[str, dict[str, float | None]] = {}
+    for m in methods:
+        cell: dict[str, float | None] = {}
+        for metric in ("csr", "fr"):
+            xs = [r[m][metric] for r in table.values() if r[m][metric] is not None]
+            cell[metric] = float(np.mean(xs)) if xs else None
+        out[m] = cell
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    table = results["values"]
+    methods = list(results["mean"])
+    lines = ["# Evaluation results", "",
+             f"Model `{results['model']['id']}` (fingerprint {results['model']['fingerprint']}),"
+             f" pack `{results['pack']['path']}`, dataset {results['dataset_hash']}; "
+             f"judge `{results['judge'].get('name', results['judge']['kind'])}`"
+             + (f" (value-judge agreement {results['judge']['agreement']:.2f})"
+                if results["judge"].get("agreement") is not None else "") + ".",
+             "", "Cells: CSR / FR (control success rate / fluency rate), n = "
+             + ", ".join(sorted({str(c['n']) for r in table.values() for c in r.values()}))
+             + " prompts per value.", "",
+             "| value | " + " | ".join(methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for v, row in table.items():
+        lines.append(f"| {v} | " + " | ".join(f"{_fmt(row[m]['csr'])} / {_fmt(row[m]['fr'])}"
+                                              for m in methods) + " |")
+    mean = results["mean"]
+    lines.append("| **mean** | " + " | ".join(
+        f"**{_fmt(mean[m]['csr'])} / {_fmt(mean[m]['fr'])}**" for m in methods) + " |")
+    gates = {m: [r[m]["gate_open_rate"] for r in table.values()
+                 if r[m]["gate_open_rate"] is not None] for m in methods}
+    gate_cells = [f"{m} {np.mean(g):.2f}" for m, g in gates.items() if g]
+    if gate_cells:
+        lines += ["", "Gate open rate on the test dilemmas: " + ", ".join(gate_cells) + "."]
+    if results.get("general_ability"):
+        ga = results["general_ability"]
+        lines += ["", "## General ability (value-unrelated multiple choice)", "",
+                  "| method | accuracy | n | gate open rate |", "|---|---|---|---|"]
+        lines += [f"| {m} | {_fmt(g['accuracy'])} | {g['n']} | {_fmt(g['gate_open_rate'])} |"
+                  for m, g in ga.items()]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    methods = list(results["mean"])
+    t = Table(title="CSR / FR per value and method")
+    t.add_column("value")
+    for m in methods:
+        t.add_column(m, justify="center")
+    for v, row in results["values"].items():
+        t.add_row(v, *(f"{_fmt(row[m]['csr'])} / {_fmt(row[m]['fr'])}" for m in methods))
+    t.add_row("[bold]mean", *(f"[bold]{_fmt(results['mean'][m]['csr'])} / "
+                              f"{_fmt(results['mean'][m]['fr'])}" for m in methods))
+    console.print(t)
+    if results.get("general_ability"):
+        g = Table(title="General ability (MCQ accuracy)")
+        for c in ("method", "accuracy", "n", "gate open"):
+            g.add_column(c)
+        for m, r in results["general_ability"].items():
+            g.add_row(m, _fmt(r["accuracy"]), str(r["n"]), _fmt(r["gate_open_rate"]))
+        console.print(g)
+    j = results["judge"]
+    if j.get("agreement") is not None:
+        console.print(f"value judge: {j.get('name', j['kind'])}, held-out agreement "
+                      f"{j['agreement']:.3f} ({j.get('agreement_note', '')})")
+    unparse = sum(c["value_unparseable"] + c["fluency_unparseable"]
+                  for r in results["values"].values() for c in r.values())
+    if unparse:
+        console.print(f"[yellow]{unparse} judge answers could not be parsed (excluded)")
+
+
+def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
+    """Run (or resume) the evaluation; write and return the results."""
+    if not opts.values:
+        raise ConvaError("choose at least one value")
+    if opts.negative_prompt:
+        opts.general = False
+    for m in opts.methods:
+        if m == "conva-nocc":
+            for v in opts.values:
+                if ctx.session.pack.value(v).nocc is None:
+                    raise ConvaError(f"the pack has no non-context-controlled probes for {v}")
+        if m != "none":
+            for v in opts.values:
+                ctx.session.pack.value(v)
+    items = load_items(opts.values, opts.n, opts.prompts_file, ctx.data)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    gens = _generate_all(ctx, opts, items)
+    judge = ctx.judge_factory()
+    judgements = _judge_all(ctx, opts, items, gens, judge)
+    general = _general_ability(ctx, opts) if opts.general else {}
+    table = compute_metrics(opts, items, gens, judgements, judge.name)
+    lm = ctx.session.lm
+    pack_json = ctx.pack_path / "pack.json" if ctx.pack_path is not None else None
+    results: dict[str, Any] = {
+        "model": {"id": lm.model_id, "fingerprint": lm.fingerprint},
+        "pack": {"path": str(ctx.pack_path) if ctx.pack_path else None,
+                 "pack_json_sha256": sha256_file(pack_json)
+                 if pack_json is not None and pack_json.is_file() else None},
+        "dataset_hash": ctx.data.digest(),
+        "prompts": str(opts.prompts_file) if opts.prompts_file else "test dilemmas (even half)",
+        "settings": {"max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
+                     "n": opts.n, "negative_prompt": opts.negative_prompt,
+                     "methods": opts.methods},
+        "judge": judge.describe(),
+        "values": table,
+        "mean": _mean_row(table),
+        "general_ability": general,
+    }
+    suffix = "-neg" if opts.negative_prompt else ""
+    atomic_write_json(ctx.out / f"results{suffix}.json", results)
+    atomic_write_text(ctx.out / f"results{suffix}.md", render_markdown(results))
+    from .plots import plot_bars
+
+    bars = {v: {m: c["csr"] for m, c in row.items() if c["csr"] is not None}
+            for v, row in table.items()}
+    if any(bars.values()):
+        plot_bars(bars, ctx.out / f"csr{suffix}.png", "Control success rate", "CSR")
+    return results

@@ -1,0 +1,94 @@
+"""The chat's steering settings: per-value direction and strength, gate, mode, compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from conva_mlx.steering import SteerConfig, Target
+from conva_mlx.values import GROUPS, VALUE_NAMES
+
+Direction = Literal["off", "toward", "away"]
+DIRECTIONS: tuple[Direction, ...] = ("off", "toward", "away")
+P0_MIN, P0_MAX, P0_STEP = 0.50, 0.99, 0.01
+DEFAULT_P0 = 0.95
+
+
+def clamp_p0(p0: float) -> float:
+    return round(min(P0_MAX, max(P0_MIN, p0)), 2)
+
+
+def panel_groups() -> list[tuple[str, list[str]]]:
+    """GROUPS with every value shown once (hedonism, shared by two groups, stays in the first)."""
+    seen: set[str] = set()
+    out = []
+    for group, names in GROUPS.items():
+        fresh = [n for n in names if n not in seen]
+        seen.update(fresh)
+        out.append((group, fresh))
+    missing = [v for v in VALUE_NAMES if v not in seen]
+    if missing:
+        out.append(("other", missing))
+    return out
+
+
+def shared_groups(value: str) -> list[str]:
+    """Groups a value belongs to (hedonism: two)."""
+    return [g for g, names in GROUPS.items() if value in names]
+
+
+@dataclass
+class ValueSetting:
+    direction: Direction = "off"
+    p0: float = DEFAULT_P0
+
+    def cycle(self) -> None:
+        self.direction = DIRECTIONS[(DIRECTIONS.index(self.direction) + 1) % len(DIRECTIONS)]
+
+
+@dataclass
+class ChatSettings:
+    values: dict[str, ValueSetting] = field(
+        default_factory=lambda: {v: ValueSetting() for v in VALUE_NAMES})
+    gate: bool = True
+    mode: Literal["prompt", "token"] = "prompt"
+    compare: bool = False
+
+    def active(self) -> list[tuple[str, ValueSetting]]:
+        return [(v, s) for v, s in self.values.items() if s.direction != "off"]
+
+    def targets(self) -> list[Target]:
+        return [Target(v, s.p0, s.direction == "away") for v, s in self.active()]
+
+    def steer_config(self) -> SteerConfig:
+        """The session config; with no value chosen the reply is plain (method none)."""
+        targets = self.targets()
+        return SteerConfig(targets=targets, method="conva" if targets else "none",
+                           mode=self.mode, gate=self.gate)
+
+    def describe(self) -> str:
+        """One line for the status bar and the transcript."""
+        parts = [f"{v} {'↑' if s.direction == 'toward' else '↓'} {s.p0:.2f}"
+                 for v, s in self.active()]
+        steer = ", ".join(parts) if parts else "no steering"
+        return f"{steer} · mode {self.mode} · gate {'on' if self.gate else 'off'}"
+
+    # ----- presets -----------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"values": {v: {"direction": s.direction, "p0": s.p0}
+                           for v, s in self.values.items()},
+                "gate": self.gate, "mode": self.mode}
+
+    def apply_json(self, data: dict[str, Any]) -> None:
+        """Load a preset: unknown values are ignored, strengths are clamped to the range."""
+        values = data.get("values", {})
+        if not isinstance(values, dict):
+            raise ValueError("'values' must be an object")
+        for name, setting in self.values.items():
+            raw = values.get(name, {})
+            direction = raw.get("direction", "off")
+            setting.direction = direction if direction in DIRECTIONS else "off"
+            setting.p0 = clamp_p0(float(raw.get("p0", DEFAULT_P0)))
+        self.gate = bool(data.get("gate", self.gate))
+        mode = data.get("mode", self.mode)
+        self.mode = mode if mode in ("prompt", "token") else "prompt"
