@@ -157,6 +157,9 @@ class GenerationResult:
         norms = [r.delta_norm for r in self.layers]
         parts = []
         for t in self.targets:
+            if not any(t.value in r.p_before for r in self.layers):
+                parts.append(f"{t.value}{'↓' if t.away else '↑'} fixed vector")
+                continue
             before = np.mean([r.p_before.get(t.value, np.nan) for r in self.layers])
             after = np.mean([r.p_after.get(t.value, np.nan) for r in self.layers])
             arrow = "↓" if t.away else "↑"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -143,3 +144,53 @@ def test_bad_repo_ids_are_rejected(hf_home: Path) -> None:
     for bad in ("noslash", "a/b/c", "/x"):
         with pytest.raises(ConvaError, match="not a Hub repo id"):
             pull_pack(bad)
+
+
+class FakeApi:
+    """Stands in for huggingface_hub.HfApi: records what push would send."""
+
+    calls: ClassVar[list[tuple[str, dict[str, object]]]] = []
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+
+    def create_repo(self, repo_id: str, **kw: object) -> str:
+        FakeApi.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kw: object) -> None:
+        folder = Path(str(kw["folder_path"]))
+        files = {f.name: f.read_bytes() for f in folder.iterdir()}
+        FakeApi.calls.append(("upload_folder", {**kw, "files": files}))
+
+
+def test_push_uploads_exactly_the_dry_run_files_with_the_login_token(
+        pack_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_secret_token")
+    FakeApi.calls = []
+    result = CliRunner().invoke(cli, ["push", str(pack_dir), REPO, "--private"])
+    assert result.exit_code == 0, result.output
+    assert "hf_secret_token" not in result.output
+    (_, create), (_, upload) = FakeApi.calls
+    assert create["private"] is True and create["exist_ok"] is True
+    files = upload["files"]
+    assert isinstance(files, dict)
+    plan = plan_push(pack_dir, REPO, private=True)
+    assert sorted(files) == [f.name for f in plan.files]
+    assert files["README.md"].decode() == plan.model_card
+
+
+def test_push_without_a_login_is_a_clear_error(pack_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    result = CliRunner().invoke(cli, ["push", str(pack_dir), REPO])
+    assert result.exit_code == 1
+    assert "hf auth login" in result.output

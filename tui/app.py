@@ -91,6 +91,7 @@ class ChatApp(App[None]):
         self.turns: list[Turn] = []
         self.busy: str | None = None  # "generating" / "extracting" while MLX works
         self._stop = threading.Event()
+        self.load_error: str | None = None
 
     # ----- layout -------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -128,13 +129,19 @@ class ChatApp(App[None]):
     def _load_model(self) -> None:
         try:
             lm = load_model(self.model_spec, self.dtype)
-        except ConvaError as exc:
-            self.call_from_thread(self._error, str(exc))
-            return
         except Exception as exc:
-            self.call_from_thread(self._error, f"could not load the model: {exc}")
+            message = str(exc) if isinstance(exc, ConvaError) else (
+                f"could not load the model: {type(exc).__name__}: {exc}")
+            self.call_from_thread(self._load_failed, message)
             return
         self.call_from_thread(self._model_ready, lm)
+
+    def _load_failed(self, message: str) -> None:
+        self.load_error = message
+        self.query_one("#loading").display = False
+        self.query_one("#welcome", Static).update(f"{message}\n\nQuit with Ctrl+Q and start "
+                                                  "again with another --model.")
+        self._error(message)
 
     def _model_ready(self, lm: LoadedModel) -> None:
         self.lm = lm
@@ -249,7 +256,8 @@ class ChatApp(App[None]):
         if not text:
             return
         if self.session is None:
-            self.notify("the model is still loading", severity="warning")
+            self.notify(self.load_error or "the model is still loading",
+                        severity="error" if self.load_error else "warning")
             return
         if self.busy:
             self.notify(f"wait: {self.busy} (Esc stops a reply)", severity="warning")

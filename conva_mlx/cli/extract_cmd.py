@@ -20,17 +20,19 @@ from .options import log, model_option
 
 def accuracy_table(pack: Pack) -> Table:
     table = Table(title=f"Probe accuracy by value ({pack.model.model_id})")
-    for col in ("value", "best block", "held-out acc", "steered blocks", "n", "ablation acc",
-                "note"):
+    for col in ("value", "best block", "held-out acc", "steered blocks", "n", "ablation acc"):
         table.add_column(col)
     for name, v in pack.values.items():
         acc = v.probes.accuracies
         best = int(acc.argmax())
         layers = f"{min(v.layers)}-{max(v.layers)}" if v.layers else "-"
         nocc = f"{v.nocc.accuracies.max():.2f}" if v.nocc is not None else "-"
-        table.add_row(name, str(best), f"{acc[best]:.2f}", layers, str(len(v.layers)), nocc,
-                      v.selection_note)
+        table.add_row(name, str(best), f"{acc[best]:.2f}", layers, str(len(v.layers)), nocc)
     return table
+
+
+def selection_notes(pack: Pack) -> list[str]:
+    return [f"{name}: {v.selection_note}" for name, v in pack.values.items()]
 
 
 @click.command()
@@ -66,6 +68,8 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
                                   f"Probe accuracy by block - {lm.model_id}", opts.threshold)
     console = Console()
     console.print(accuracy_table(pack))
+    for note in selection_notes(pack):
+        console.print(f"  {note}", style="dim")
     if pack.gate is not None:
         g = pack.gate
         console.print(f"gate: block {g.layer}, threshold {g.threshold:.3f}, held-out precision "

@@ -1,0 +1,74 @@
+"""Value structure analysis and the analyze / extract commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from conva_mlx.analysis import value_structure
+from conva_mlx.cli.main import cli
+from conva_mlx.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
+from conva_mlx.probes import ProbeSet
+from conva_mlx.values import VALUE_NAMES
+
+LAYERS, HIDDEN = 4, 8
+
+
+def circumplex_pack(noise: float = 0.05) -> Pack:
+    """Value vectors placed on a circle in circumplex order (plus noise)."""
+    rng = np.random.default_rng(0)
+    values = {}
+    for i, name in enumerate(VALUE_NAMES):
+        angle = 2 * np.pi * i / len(VALUE_NAMES)
+        w = np.zeros((LAYERS, HIDDEN), np.float32)
+        w[:, 0], w[:, 1] = np.cos(angle), np.sin(angle)
+        w += rng.normal(scale=noise, size=w.shape).astype(np.float32)
+        probes = ProbeSet(w, np.zeros(LAYERS, np.float32), np.full(LAYERS, 0.9, np.float32),
+                          np.ones(LAYERS, np.float32), w.copy())
+        values[name] = ValueEntry(name, probes, [1, 2])
+    return Pack(ModelInfo("m", "f", "llama", HIDDEN, LAYERS), values)
+
+
+def test_circumplex_shaped_vectors_have_similar_neighbours() -> None:
+    rep = value_structure(circumplex_pack())
+    assert rep.neighbours_more_similar
+    assert rep.neighbour_mean > 0.7 and rep.opposite_mean < -0.7
+    assert rep.spearman > 0.9
+    assert np.allclose(np.diag(rep.cosine), 1.0, atol=1e-6)
+
+
+def test_random_vectors_show_no_circumplex_structure() -> None:
+    rep = value_structure(circumplex_pack(noise=10.0))
+    assert abs(rep.spearman) < 0.6
+
+
+def test_analyze_cli_prints_table_and_writes_heatmap(tmp_path: Path) -> None:
+    d = save_pack(circumplex_pack(), tmp_path / "p")
+    result = CliRunner().invoke(cli, ["analyze", "--pack", str(d)])
+    assert result.exit_code == 0, result.output
+    assert "neighbours more similar than opposites: yes" in result.output
+    assert (d / "similarity.png").stat().st_size > 10_000
+    js = CliRunner().invoke(cli, ["analyze", "--pack", str(d), "--json"])
+    assert json.loads(js.output)["neighbours_more_similar"] is True
+
+
+def test_extract_cli_writes_pack_table_and_plot(tmp_path: Path, default_lm: object) -> None:
+    out = tmp_path / "pack"
+    result = CliRunner().invoke(cli, ["extract", "--values", "benevolence", "--no-gate",
+                                      "--no-ablation", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Probe accuracy by value" in result.output and "benevolence" in result.output
+    pack = load_pack(out)
+    assert list(pack.values) == ["benevolence"] and pack.gate is None
+    assert pack.values["benevolence"].layers
+    assert (out / "probe_accuracy.png").stat().st_size > 10_000
+
+
+def test_extract_cli_rejects_unknown_values(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["extract", "--values", "kindness", "--out",
+                                      str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "unknown value 'kindness'" in result.output
