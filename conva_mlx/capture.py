@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .fsutil import atomic_path, cache_dir, sha256_text
 from .layers import BlockHook, hooked_blocks
@@ -59,10 +60,54 @@ def _pad_id(lm: LoadedModel) -> int:
     return int(pad or 0)
 
 
+PrefixState = list[tuple[mx.array, mx.array]]  # per block (keys, values) of a shared prefix
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(tokenized: Sequence[list[int]]) -> int:
+    """Length of the token prefix common to all texts, leaving every text >= 1 own token."""
+    if not tokenized:
+        return 0
+    first = tokenized[0]
+    n = min(len(t) for t in tokenized) - 1
+    for t in tokenized[1:]:
+        i = 0
+        while i < n and t[i] == first[i]:
+            i += 1
+        n = i
+    return max(0, n)
+
+
+def prefix_state(lm: LoadedModel, prefix: list[int]) -> PrefixState | None:
+    """KV cache contents after the shared prefix (e.g. a chat template's system prompt).
+
+    None when the model uses cache types other than the plain KVCache (sliding windows,
+    linear attention): those fall back to full passes.
+    """
+    cache = make_prompt_cache(lm.model)
+    if not all(type(c) is KVCache for c in cache):
+        return None
+    lm.model(mx.array([prefix]), cache=cache)
+    state = [(c.keys[..., : c.offset, :], c.values[..., : c.offset, :]) for c in cache]
+    mx.eval(state)
+    return state
+
+
+def _batch_cache(lm: LoadedModel, prefix: PrefixState, batch: int) -> list[Any]:
+    cache = make_prompt_cache(lm.model)
+    for c, (k, v) in zip(cache, prefix):
+        c.state = (mx.repeat(k, batch, axis=0), mx.repeat(v, batch, axis=0), k.shape[2])
+    return cache
+
+
 def forward_states(
-    lm: LoadedModel, batch: list[list[int]], layers: Sequence[int], reduce: Reduce
+    lm: LoadedModel, batch: list[list[int]], layers: Sequence[int], reduce: Reduce,
+    prefix: PrefixState | None = None,
 ) -> mx.array:
-    """One forward pass over a right-padded batch; returns (batch, len(layers), hidden)."""
+    """One forward pass over a right-padded batch; returns (batch, len(layers), hidden).
+
+    With `prefix`, the batch continues from that shared KV state (reduce "last" only).
+    """
     lengths = mx.array([len(ids) for ids in batch])
     width = max(len(ids) for ids in batch)
     pad = _pad_id(lm)
@@ -85,8 +130,9 @@ def forward_states(
         return h
 
     hooks: dict[int, BlockHook] = {k: record for k in range(deepest + 1)}
+    cache = _batch_cache(lm, prefix, len(batch)) if prefix is not None else None
     with hooked_blocks(lm.model, hooks), suppress(_StopForward):
-        lm.model(tokens)
+        lm.model(tokens, cache=cache)
     return mx.stack([recorded[k].astype(mx.float32) for k in layers], axis=1)
 
 
@@ -118,12 +164,21 @@ def capture(
                 callback(len(texts), len(texts))
             return cached
     tokenized = tokenize(lm, texts, opts.chat_template)
+    # Texts sharing a long prefix (a chat template) reuse its KV state instead of
+    # recomputing it for every text; results equal the full pass up to float rounding.
+    shared = shared_prefix_length(tokenized) if opts.reduce == "last" and len(texts) > 1 else 0
+    prefix: PrefixState | None = None
+    if shared >= MIN_SHARED_PREFIX:
+        prefix = prefix_state(lm, tokenized[0][:shared])
+        if prefix is not None:
+            tokenized = [t[shared:] for t in tokenized]
     order = sorted(range(len(texts)), key=lambda i: len(tokenized[i]))  # less padding
     out = np.zeros((len(texts), len(layers), lm.hidden_size), dtype=np.float32)
     with progress_bar(len(texts), description, show_progress, callback) as advance:
         for start in range(0, len(order), opts.batch_size):
             idx = order[start:start + opts.batch_size]
-            states = forward_states(lm, [tokenized[i] for i in idx], layers, opts.reduce)
+            states = forward_states(lm, [tokenized[i] for i in idx], layers, opts.reduce,
+                                    prefix)
             mx.eval(states)
             out[idx] = np.array(states)
             advance(len(idx))

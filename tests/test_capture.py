@@ -64,3 +64,11 @@ def test_capture_works_on_every_architecture(tiny_lm: LoadedModel) -> None:
     single = capture(tiny_lm, TEXTS[2:3], use_cache=False, show_progress=False)
     assert states.shape == (3, 4, tiny_lm.hidden_size)
     assert _close(states[2:3], single)
+
+
+def test_templated_capture_with_shared_prefix_equals_full_passes(default_lm: LoadedModel) -> None:
+    opts = CaptureOptions(chat_template=True, layers=(2, 9, 17))
+    shared = capture(default_lm, TEXTS, opts, use_cache=False, show_progress=False)
+    single = np.concatenate([
+        capture(default_lm, [t], opts, use_cache=False, show_progress=False) for t in TEXTS])
+    assert _close(shared, single)
