@@ -343,6 +343,8 @@ def print_table(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: do not wrap the table at 80 columns
+        console = Console(width=160)
     methods = list(results["mean"])
     t = Table(title="CSR / FR per value and method")
     t.add_column("value")

@@ -73,8 +73,9 @@ def gate_candidate_layers(num_layers: int) -> list[int]:
 
 def extract_gate(lm: LoadedModel, data: ValueData, values: list[str], opts: ExtractOptions,
                  show: bool, stage: StageCallback | None) -> Gate:
-    related = [s for v in values for p in data.pairs(v)
-               if p.block.endswith("question") for s in (p.positive, p.negative)]
+    # Value-related training queries: every context-controlled sentence (both members),
+    # so the gate learns the topic "a choice about values", not one phrasing.
+    related = [s for v in values for p in data.pairs(v) for s in (p.positive, p.negative)]
     dilemmas = [d for v in values for d in data.dilemmas(v)]
     calib_idx, test_idx = dilemma_split([d.id for d in dilemmas])
     queries = [q.prompt for q in data.unrelated_queries()]

@@ -1,9 +1,9 @@
 """The gate: a probe on the same model's hidden states that says whether a query is value-related.
 
 Features: the state at one block, at the last token of the chat-templated user message
-(exactly what the steering pass sees). Training data: value-related = the question blocks
-of the context-controlled pairs (both members); value-unrelated = part of the unrelated
-queries. The threshold is calibrated on held-out data (half of the test dilemmas and part of
+(exactly what the steering pass sees). Training data: value-related = every
+context-controlled sentence (both members of each pair); value-unrelated = half of the
+unrelated queries. The threshold is calibrated on held-out data (half of the test dilemmas and part of
 the unrelated queries); precision / recall / F1 are reported on the other half.
 """
 
@@ -74,14 +74,26 @@ def metrics_at(related: np.ndarray, unrelated: np.ndarray, threshold: float) -> 
 
 
 def calibrate_threshold(related: np.ndarray, unrelated: np.ndarray) -> float:
-    """The threshold with the best F1 on calibration data, ties to the higher threshold."""
-    candidates = np.unique(np.r_[related, unrelated, 0.5])
-    best_t, best_f1 = 0.5, -1.0
-    for t in candidates:
-        f1 = metrics_at(related, unrelated, float(t)).f1
-        if f1 >= best_f1:
-            best_t, best_f1 = float(t), f1
-    return best_t
+    """The threshold with the best F1 on calibration data.
+
+    Every threshold between two neighbouring scores gives the same F1; of the best
+    interval, take its middle in logit space (the widest margin to both classes), not its
+    edge, so that queries a little unlike the calibration data are not cut off.
+    """
+    scores = np.unique(np.r_[related, unrelated])
+    if len(scores) == 0:
+        return 0.5
+    # Candidate cuts: midpoints between neighbouring scores (plus both ends).
+    z = np.log(np.clip(scores, 1e-9, 1 - 1e-9) / np.clip(1 - scores, 1e-9, 1))
+    cuts = np.r_[z[0] - 1.0, (z[:-1] + z[1:]) / 2, z[-1] + 1.0]
+    f1s = np.array([metrics_at(related, unrelated, float(1 / (1 + np.exp(-c)))).f1
+                    for c in cuts])
+    best = np.flatnonzero(f1s >= f1s.max() - 1e-12)
+    # The longest run of consecutive best cuts; its middle in logit space.
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    run = max(runs, key=lambda r: cuts[r[-1]] - cuts[r[0]] if len(r) > 1 else 0.0)
+    middle = (cuts[run[0]] + cuts[run[-1]]) / 2
+    return float(1 / (1 + np.exp(-middle)))
 
 
 def train_gate(

@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import ConvaError
 from .fsutil import sha256_file
 from .model_card import render_model_card
-from .pack import PACK_JSON, README, VECTORS, load_pack
+from .pack import PACK_JSON, README, VECTORS, load_pack, read_pack_json
 
 RESULTS = "results.md"
 ALLOW_PATTERNS = [PACK_JSON, VECTORS, README, RESULTS]
@@ -137,12 +137,7 @@ def push_pack(pack_dir: str | Path, repo_id: str, private: bool = False,
 def verify_pack_files(folder: Path) -> None:
     """Every file listed in pack.json `files` must exist and match its sha256."""
     meta_file = folder / PACK_JSON
-    if not meta_file.is_file():
-        raise ConvaError(f"{folder}: not a vector pack (no {PACK_JSON})")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConvaError(f"{meta_file}: not valid JSON ({exc.msg})") from exc
+    meta = read_pack_json(folder)
     files = meta.get("files") or {}
     if VECTORS not in files:
         raise ConvaError(f"{meta_file}: no checksum for {VECTORS}; refusing an unverifiable "

@@ -183,8 +183,8 @@ class OpenAIJudge:
 # ----- offline judge -------------------------------------------------------------------------
 
 # Calibrated on SmolLM2-135M-Instruct (see docs/evaluation.md): fluent iff both hold.
-PPL_THRESHOLD = 60.0
-REPEAT_THRESHOLD = 0.35
+PPL_THRESHOLD = 400.0
+REPEAT_THRESHOLD = 0.5
 VALUE_THRESHOLD = 0.5
 OFFLINE_VERSION = 1
 

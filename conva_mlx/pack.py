@@ -159,12 +159,8 @@ def _load_probe(t: dict[str, np.ndarray], prefix: str, where: str, hidden: int,
                     t[f"{prefix}.train_accuracy"], t[f"{prefix}.caa"])
 
 
-def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
-    """Load and validate a pack directory; every problem is one clear ConvaError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    root = Path(path)
+def read_pack_json(root: Path) -> dict[str, Any]:
+    """The parsed pack.json of a pack directory, or one clear error."""
     meta_file = root / PACK_JSON
     if not meta_file.is_file():
         raise ConvaError(f"{root}: not a vector pack (no {PACK_JSON})")
@@ -172,7 +168,19 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as exc:
         raise ConvaError(f"{meta_file}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
-    where = str(meta_file)
+    if not isinstance(meta, dict):
+        raise ConvaError(f"{meta_file}: expected a JSON object")
+    return meta
+
+
+def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
+    """Load and validate a pack directory; every problem is one clear ConvaError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    root = Path(path)
+    meta = read_pack_json(root)
+    where = str(root / PACK_JSON)
     _require(meta, _REQUIRED_KEYS, where)
     if meta["format_version"] > FORMAT_VERSION:
         raise ConvaError(f"{where}: pack format {meta['format_version']} is newer than this "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -37,6 +38,24 @@ def progress_bar(
         yield advance_quiet
         return
     console = Console(stderr=True)
+    if not console.is_terminal:
+        # Logs and pipes: a plain line every 10% (with ETA) instead of a live bar.
+        start = time.monotonic()
+        step = max(1, total // 10)
+
+        def advance_log(n: int = 1) -> None:
+            nonlocal done
+            before, done = done, done + n
+            if callback:
+                callback(done, total)
+            if done // step != before // step or done >= total:
+                elapsed = time.monotonic() - start
+                eta = elapsed / done * (total - done) if done else 0.0
+                console.print(f"{description}: {done}/{total} "
+                              f"({elapsed:.0f}s elapsed, eta {eta:.0f}s)", highlight=False)
+
+        yield advance_log
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:

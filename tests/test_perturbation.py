@@ -87,3 +87,13 @@ def test_batched_positions_get_their_own_delta() -> None:
     d = np.array(minimal_delta(mx.array(e), _cons([w], [b], [0.9], [False])))
     assert np.all(d[0] == 0)
     assert np.linalg.norm(d[1]) > 0
+
+
+def test_gate_threshold_sits_in_the_middle_of_the_margin() -> None:
+    from conva_mlx.gate import calibrate_threshold, metrics_at
+
+    related = np.array([0.9, 0.95, 0.99])
+    unrelated = np.array([0.01, 0.05, 0.1])
+    t = calibrate_threshold(related, unrelated)
+    assert metrics_at(related, unrelated, t).f1 == 1.0
+    assert abs(t - 0.5) < 0.05  # logit-space middle of (0.1, 0.9)
