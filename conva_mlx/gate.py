@@ -3,8 +3,9 @@
 Features: the state at one block, at the last token of the chat-templated user message
 (exactly what the steering pass sees). Training data: value-related = every
 context-controlled sentence (both members of each pair); value-unrelated = half of the
-unrelated queries. The threshold is calibrated on held-out data (half of the test dilemmas and part of
-the unrelated queries); precision / recall / F1 are reported on the other half.
+unrelated queries. The threshold is calibrated on held-out data (half of the test
+dilemmas and a quarter of the unrelated queries); precision / recall / F1 are reported on
+the rest.
 """
 
 from __future__ import annotations
