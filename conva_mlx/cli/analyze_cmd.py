@@ -14,18 +14,25 @@ from ..plots import plot_heatmap
 from .packs import open_pack, resolve_pack_path
 
 
+ABBREVIATIONS = {"self-direction": "SD", "stimulation": "ST", "hedonism": "HE",
+                 "achievement": "AC", "power": "PO", "security": "SE", "conformity": "CO",
+                 "tradition": "TR", "benevolence": "BE", "universalism": "UN"}
+
+
 def similarity_table(rep: StructureReport) -> Table:
-    table = Table(title=f"Cosine similarity of value vectors at block {rep.layer}")
-    table.add_column("")
+    table = Table(title=f"Cosine similarity of value vectors at block {rep.layer}",
+                  caption="columns use Schwartz's abbreviations, in circumplex order",
+                  padding=(0, 0))
+    table.add_column("", no_wrap=True)
     for v in rep.values:
-        table.add_column(v[:6], justify="right")
+        table.add_column(ABBREVIATIONS.get(v, v[:3]), justify="right")
     for i, v in enumerate(rep.values):
         cells = []
         for j in range(len(rep.values)):
             c = rep.cosine[i, j]
             style = "bold green" if c > 0.3 else "red" if c < -0.3 else ""
             cells.append(f"[{style}]{c:+.2f}[/]" if style else f"{c:+.2f}")
-        table.add_row(v, *cells)
+        table.add_row(f"{ABBREVIATIONS.get(v, v[:3])} {v}", *cells)
     return table
 
 
