@@ -13,7 +13,6 @@ from ..analysis import StructureReport, value_structure
 from ..plots import plot_heatmap
 from .packs import open_pack, resolve_pack_path
 
-
 ABBREVIATIONS = {"self-direction": "SD", "stimulation": "ST", "hedonism": "HE",
                  "achievement": "AC", "power": "PO", "security": "SE", "conformity": "CO",
                  "tradition": "TR", "benevolence": "BE", "universalism": "UN"}
@@ -67,7 +66,3 @@ def analyze(pack_spec: str, layer: int | None, out_png: Path | None, as_json: bo
         f"(gap {rep.neighbour_mean - rep.opposite_mean:+.3f}); Spearman rho between similarity "
         f"and circumplex closeness {rep.spearman:+.2f}")
     console.print(f"heatmap: {out_png}")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(analyze)

@@ -21,7 +21,3 @@ def chat(model_spec: str, dtype: str, pack_spec: str | None, max_tokens: int,
     from tui.app import ChatApp
 
     ChatApp(model_spec, dtype, pack_spec, max_tokens=max_tokens, temp=temp).run()
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(chat)

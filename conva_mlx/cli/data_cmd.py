@@ -140,7 +140,3 @@ def data_generate(value: str, n: int, out: Path, base_url: str, model: str, api_
     if not report.complete:
         raise ConvaError(f"{out} holds {report.existing + report.written} of {n} pairs; "
                          f"rerun to continue")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(data)

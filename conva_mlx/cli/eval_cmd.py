@@ -73,7 +73,3 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
     print_table(results)
     suffix = "-neg" if negative_prompt else ""
     log(f"wrote {out_dir}/results{suffix}.json, results{suffix}.md, csr{suffix}.png")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(eval_command)

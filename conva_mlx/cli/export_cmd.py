@@ -114,8 +114,3 @@ def import_vector_cmd(file: str, model_spec: str, dtype: str, out: str,
     name = next(iter(pack.values))
     click.echo(f"wrote {path} (value {name}, blocks {pack.values[name].layers})")
     log(f"note: {IMPORTED_NOTE}")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(export)
-    cli.add_command(import_vector_cmd)

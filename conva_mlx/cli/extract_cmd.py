@@ -76,7 +76,3 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
                       f"{g.metrics.precision:.2f} recall {g.metrics.recall:.2f} "
                       f"F1 {g.metrics.f1:.2f} (false-open rate {g.metrics.false_open_rate:.2f})")
     console.print(f"pack written to {out_dir} (plot: {plot})")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(extract)

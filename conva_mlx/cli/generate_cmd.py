@@ -54,7 +54,3 @@ def generate(pack_spec: str, model_spec: str, dtype: str, values: tuple[str, ...
     else:
         click.echo("")
         click.secho(result.summary(), dim=True, err=True)
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(generate)

@@ -59,8 +59,3 @@ def pull(repo_id: str, revision: str | None, model_spec: str | None, dtype: str)
         load_model_for_pack(model_spec, dtype, pack)
         log(f"the pack fits model '{model_spec}'")
     click.echo(str(path))
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(push)
-    cli.add_command(pull)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -10,9 +11,55 @@ import click
 from .. import __version__
 from ..errors import ConvaError
 
+# command name -> (module, attribute): modules are imported only when their command runs,
+# so `conva-mlx --help` and light commands do not pay for MLX, scikit-learn or Textual.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("models_cmd", "models"),
+    "data": ("data_cmd", "data"),
+    "extract": ("extract_cmd", "extract"),
+    "generate": ("generate_cmd", "generate"),
+    "analyze": ("analyze_cmd", "analyze"),
+    "eval": ("eval_cmd", "eval_command"),
+    "chat": ("chat_cmd", "chat"),
+    "export": ("export_cmd", "export"),
+    "import-vector": ("export_cmd", "import_vector_cmd"),
+    "push": ("hub_cmd", "push"),
+    "pull": ("hub_cmd", "pull"),
+}
+_HELP = {
+    "models": "Prepare and import models.",
+    "data": "Validate and generate value data.",
+    "extract": "Extract value vectors and the gate into a vector pack.",
+    "generate": "Generate a reply, steered toward (or away from) values.",
+    "analyze": "Compare value-vector similarities with the Schwartz circumplex.",
+    "eval": "Evaluate steering: control success, fluency, general ability.",
+    "chat": "Chat in the terminal with values you pick.",
+    "export": "Export a value's vectors for llama.cpp or PyTorch.",
+    "import-vector": "Import a llama.cpp / repeng control vector as a pack.",
+    "push": "Upload a pack to the Hugging Face Hub.",
+    "pull": "Download a pack from the Hugging Face Hub (or the local cache).",
+}
+
 
 class ConvaGroup(click.Group):
-    """A click group that turns ConvaError into one clear line and exit code 1."""
+    """Lazily loaded commands; ConvaError becomes one clear line and exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module_name, attr = LAZY_COMMANDS[cmd_name]
+            module = importlib.import_module(f"conva_mlx.cli.{module_name}")
+            command = getattr(module, attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -29,24 +76,6 @@ class ConvaGroup(click.Group):
 @click.version_option(__version__, prog_name="conva-mlx")
 def cli() -> None:
     """Find and steer the human values inside language models (ConVA), in MLX."""
-
-
-def _register() -> None:
-    from . import models_cmd
-
-    cli.add_command(models_cmd.models)
-    for module_name in ("data_cmd", "extract_cmd", "generate_cmd", "analyze_cmd", "eval_cmd",
-                        "chat_cmd", "export_cmd", "hub_cmd"):
-        try:
-            module = __import__(f"conva_mlx.cli.{module_name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"conva_mlx.cli.{module_name}":
-                raise
-            continue
-        module.register(cli)
-
-
-_register()
 
 
 def main() -> None:
