@@ -267,6 +267,68 @@ class SteeringSession:
         trim_prompt_cache(cache, 1)
         return cache
 
+    # ----- shared steps ---------------------------------------------------------
+    def _prepare(self, messages: list[dict[str, str]] | str, cfg: SteerConfig,
+                 reply_prefix: str = "") -> tuple[list[Target], mx.array]:
+        """Validate the settings; return the resolved targets and the prompt's tokens."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if cfg.method not in METHODS:
+            raise ConvaError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
+        if cfg.mode not in MODES:
+            raise ConvaError(f"unknown mode '{cfg.mode}' (choose from {', '.join(MODES)})")
+        targets = self._resolve(cfg.targets)
+        if cfg.method != "none" and not targets:
+            raise ConvaError("choose at least one value to steer (or method none)")
+        if cfg.method == "conva" and any(self.pack.value(t.value).fixed_scale is not None
+                                         for t in targets):
+            raise ConvaError("imported control vectors have no probe; use --method caa")
+        if cfg.method == "conva" and cfg.gate and self.pack.gate is None:
+            raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
+        prompt = self.build_prompt(messages, cfg, targets) + reply_prefix
+        tokens = mx.array(self.lm.tokenizer.encode(prompt))
+        if tokens.size < 2:
+            raise ConvaError("the prompt is empty")
+        return targets, tokens
+
+    def _gate_pass(self, tokens: mx.array, cfg: SteerConfig,
+                   logits_out: list[mx.array] | None = None
+                   ) -> tuple[list[Any] | None, GateReport]:
+        """The unsteered prefill that reads the gate (ConVA with the gate on only).
+
+        Returns its KV cache (reusable when the gate stays closed) and the decision.
+        """
+        gate = self.pack.gate
+        if cfg.method != "conva" or not cfg.gate or gate is None:
+            return None, GateReport(None, True, None, False)
+        state: dict[str, mx.array] = {}
+
+        def read_gate(_k: int, h: mx.array) -> mx.array:
+            state["e"] = h[0, -1]
+            return h
+
+        cache = self._prefill(tokens, {gate.layer: read_gate}, logits_out)
+        score = self.gate_score_from_state(np.array(state["e"].astype(mx.float32)))
+        return cache, GateReport(score, score >= gate.threshold, gate.threshold, True)
+
+    def _steered_prefill(self, tokens: mx.array, cfg: SteerConfig, targets: list[Target],
+                         logits_out: list[mx.array] | None = None
+                         ) -> tuple[list[Any], dict[int, BlockHook], list[LayerReport],
+                                    _TokenStats | None]:
+        """Prefill with steering; returns (cache, generation hooks, reports, token stats)."""
+        if cfg.method == "caa":
+            deltas = self._caa_deltas(cfg, targets)
+            hooks = {k: _add_fixed(d) for k, d in deltas.items()}
+            cache = self._prefill(tokens, hooks, logits_out)
+            return cache, hooks, [LayerReport(k, {}, {}, _norm(d))
+                                  for k, d in sorted(deltas.items())], None
+        plans = self._plan(cfg, targets)
+        if cfg.mode == "prompt":
+            cache, hooks, reports = self._measure_prompt_mode(tokens, plans, logits_out)
+            return cache, hooks, reports, None
+        hooks, stats = _token_mode_hooks(plans)
+        return self._prefill(tokens, hooks, logits_out), hooks, [], stats
+
     # ----- generation -----------------------------------------------------------
     def generate(
         self,
@@ -279,62 +341,15 @@ class SteeringSession:
         """Generate a reply; stream text pieces to `on_text`; return text and diagnostics."""
         opts = opts or GenOptions()
         start = time.perf_counter()
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        if cfg.method not in METHODS:
-            raise ConvaError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
-        if cfg.mode not in MODES:
-            raise ConvaError(f"unknown mode '{cfg.mode}' (choose from {', '.join(MODES)})")
-        targets = self._resolve(cfg.targets)
-        if cfg.method != "none" and not targets:
-            raise ConvaError("choose at least one value to steer (or method none)")
-        prompt = self.build_prompt(messages, cfg, targets)
-        tokens = mx.array(self.lm.tokenizer.encode(prompt))
-        if tokens.size < 2:
-            raise ConvaError("the prompt is empty")
-
-        if cfg.method == "conva" and any(self.pack.value(t.value).fixed_scale is not None
-                                         for t in targets):
-            raise ConvaError("imported control vectors have no probe; use --method caa")
-        use_gate = cfg.method == "conva" and cfg.gate
-        if use_gate and self.pack.gate is None:
-            raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
-
-        # Pass 1: unsteered prefill; records the gate's state at the last token.
-        gate_state: dict[str, mx.array] = {}
-        hooks: dict[int, BlockHook] = {}
-        if use_gate and self.pack.gate is not None:
-            def read_gate(_k: int, h: mx.array) -> mx.array:
-                gate_state["e"] = h[0, -1]
-                return h
-            hooks[self.pack.gate.layer] = read_gate
-        steer_needed = cfg.method in ("conva", "caa")
-        gate = GateReport(None, True, None, use_gate)
-        cache = None
-        if not steer_needed or use_gate:
-            cache = self._prefill(tokens, hooks)
-        if use_gate and self.pack.gate is not None:
-            score = self.gate_score_from_state(np.array(gate_state["e"].astype(mx.float32)))
-            gate = GateReport(score, score >= self.pack.gate.threshold,
-                              self.pack.gate.threshold, True)
-            steer_needed = gate.open
-
+        targets, tokens = self._prepare(messages, cfg)
+        cache, gate = self._gate_pass(tokens, cfg)
         reports: list[LayerReport] = []
         gen_hooks: dict[int, BlockHook] = {}
-        if steer_needed and cfg.method == "caa":
-            deltas = self._caa_deltas(cfg, targets)
-            gen_hooks = {k: _add_fixed(d) for k, d in deltas.items()}
-            cache = self._prefill(tokens, gen_hooks)
-            reports = [LayerReport(k, {}, {}, _norm(d))
-                       for k, d in sorted(deltas.items())]
-        elif steer_needed and cfg.method == "conva":
-            plans = self._plan(cfg, targets)
-            if cfg.mode == "prompt":
-                cache, gen_hooks, reports = self._measure_prompt_mode(tokens, plans)
-            else:
-                gen_hooks, stats = _token_mode_hooks(plans)
-                cache = self._prefill(tokens, gen_hooks)
-        assert cache is not None
+        stats: _TokenStats | None = None
+        if cfg.method in ("conva", "caa") and gate.open:
+            cache, gen_hooks, reports, stats = self._steered_prefill(tokens, cfg, targets)
+        elif cache is None:
+            cache = self._prefill(tokens, {})
 
         sampler = make_sampler(temp=opts.temp, top_p=opts.top_p)
         if opts.seed is not None:
@@ -355,7 +370,7 @@ class SteeringSession:
                 tps = resp.generation_tps
                 if should_stop is not None and should_stop():
                     break
-        if steer_needed and cfg.method == "conva" and cfg.mode == "token":
+        if stats is not None:
             reports = stats.reports()
         return GenerationResult("".join(pieces), out_tokens, gate, reports, cfg.method,
                                 cfg.mode, targets, int(tokens.size), tps,
@@ -368,42 +383,13 @@ class SteeringSession:
         For scoring (e.g. MCQs). Same decisions as `generate`: the gate on the unsteered pass,
         then the steered pass (prompt mode: the measuring pass; token mode: per-position
         deltas)."""
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        if cfg.method not in METHODS:
-            raise ConvaError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
-        targets = self._resolve(cfg.targets)
-        if cfg.method != "none" and not targets:
-            raise ConvaError("choose at least one value to steer (or method none)")
-        prompt = self.build_prompt(messages, cfg, targets) + reply_prefix
-        tokens = mx.array(self.lm.tokenizer.encode(prompt))
+        targets, tokens = self._prepare(messages, cfg, reply_prefix)
         logits: list[mx.array] = []
-        steer = cfg.method in ("conva", "caa")
-        gate = GateReport(None, True, None, cfg.method == "conva" and cfg.gate)
-        if gate.used:
-            g = self.pack.gate
-            if g is None:
-                raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
-            state: dict[str, mx.array] = {}
-
-            def read_gate(_k: int, h: mx.array) -> mx.array:
-                state["e"] = h[0, -1]
-                return h
-
-            self._prefill(tokens, {g.layer: read_gate}, logits)
-            score = self.gate_score_from_state(np.array(state["e"].astype(mx.float32)))
-            gate = GateReport(score, score >= g.threshold, g.threshold, True)
-            steer = gate.open
-        if not steer:
-            if not logits:
-                self._prefill(tokens, {}, logits)
-        elif cfg.method == "caa":
-            hooks = {k: _add_fixed(d) for k, d in self._caa_deltas(cfg, targets).items()}
-            self._prefill(tokens, hooks, logits)
-        elif cfg.mode == "prompt":
-            self._measure_prompt_mode(tokens, self._plan(cfg, targets), logits)
-        else:
-            self._prefill(tokens, _token_mode_hooks(self._plan(cfg, targets))[0], logits)
+        cache, gate = self._gate_pass(tokens, cfg, logits)
+        if cfg.method in ("conva", "caa") and gate.open:
+            self._steered_prefill(tokens, cfg, targets, logits)
+        elif cache is None:
+            self._prefill(tokens, {}, logits)
         return logits[-1], gate
 
     def _measure_prompt_mode(self, tokens: mx.array, plans: list[_LayerPlan],
