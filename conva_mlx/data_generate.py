@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .data_validate import NEAR_DUP_THRESHOLD, is_question_block, pair_problems, words
-from .dataset import BLOCKS
+from .dataset import BLOCKS, parse_jsonl
 from .errors import ConvaError
 from .progress import ProgressCallback, progress_bar
 from .values import check_value, load_values
@@ -190,14 +190,10 @@ def read_existing(path: Path, value: str) -> list[dict[str, Any]]:
                 f.truncate(cut)
         raw = raw + b"\n" if complete else raw[:cut]
     records = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConvaError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(rec, dict) or not isinstance(rec.get("positive"), str):
+    for lineno, rec, problem in parse_jsonl(raw.decode("utf-8").splitlines()):
+        if rec is None:
+            raise ConvaError(f"{path}:{lineno}: {problem}")
+        if not isinstance(rec.get("positive"), str):
             raise ConvaError(f"{path}:{lineno}: not a pair record")
         if rec.get("value") != value:
             raise ConvaError(f"{path}:{lineno}: holds pairs for '{rec.get('value')}', not "

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import BLOCKS, SHIPPED_DATA
+from .dataset import BLOCKS, SHIPPED_DATA, parse_jsonl
 from .values import VALUE_NAMES
 
 MIN_CONTEXT_SCORE = 0.5          # each controlled pair: similarity(positive, negative) >= this
@@ -187,16 +187,9 @@ def _read(root: Path, rel: str, report: ValidationReport) -> list[_Record] | Non
         return None
     records = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                report.error(f"{rel}:{lineno}", f"not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(data, dict):
-                report.error(f"{rel}:{lineno}", "expected a JSON object")
+        for lineno, data, problem in parse_jsonl(f):
+            if data is None:
+                report.error(f"{rel}:{lineno}", problem)
                 continue
             records.append(_Record(rel, lineno, data))
     return records

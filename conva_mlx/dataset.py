@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,20 +65,30 @@ class MCQ:
         return "\n".join(lines) + "\nAnswer with the letter of the correct option."
 
 
+def parse_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """For each non-blank line: (line number, record, "") or (line number, None, problem)."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield lineno, None, f"not valid JSON ({exc.msg})"
+            continue
+        if not isinstance(record, dict):
+            yield lineno, None, "expected a JSON object"
+            continue
+        yield lineno, record, ""
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record); a malformed line is an error naming file and line."""
     if not path.is_file():
         raise ConvaError(f"{path}: no such data file")
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConvaError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise ConvaError(f"{path}:{lineno}: expected a JSON object")
+        for lineno, record, problem in parse_jsonl(f):
+            if record is None:
+                raise ConvaError(f"{path}:{lineno}: {problem}")
             yield lineno, record
 
 
