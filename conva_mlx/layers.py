@@ -6,7 +6,7 @@ Layer index k always means the output of decoder block k (0-based) = mlx-lm
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -119,7 +119,3 @@ def parse_layers(spec: str | None, num_layers: int) -> list[int] | None:
         raise ConvaError(
             f"layers {bad} are out of range (the model has blocks 0..{num_layers - 1})")
     return sorted(set(out))
-
-
-def block_indices(blocks: Sequence[nn.Module]) -> list[int]:
-    return list(range(len(blocks)))

@@ -7,7 +7,7 @@ minimal-perturbation formula applies directly. Value vector v_l = w_l / |w_l|.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -44,7 +44,6 @@ class LayerSelection:
     fallback: bool = False
     threshold: float = MIN_ACCURACY
     excluded_last: int = EXCLUDE_LAST
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def split_pairs(n_pairs: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
