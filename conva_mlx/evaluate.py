@@ -149,6 +149,7 @@ class EvalOptions:
     n: int | None = None
     prompts_file: Path | None = None
     max_tokens: int = 64
+    batch_size: int = 16  # prompts decoded together (1 = one at a time)
     temp: float = 0.0
     seed: int | None = None
     general: bool = True
@@ -167,26 +168,33 @@ class EvalContext:
 
 
 def _generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) -> JsonlStore:
+    """Generate what is missing, a batch of prompts (same method and value) at a time."""
     store = JsonlStore(ctx.out / "generations.jsonl")
     todo = [(m, it) for m in opts.methods for it in items
             if gen_key(m, it.value, it.prompt_id, opts.negative_prompt) not in store]
+    groups: dict[tuple[str, str], list[EvalItem]] = {}
+    for m, it in todo:
+        groups.setdefault((m, it.value), []).append(it)
+    batches = [(m, v, its[i:i + opts.batch_size]) for (m, v), its in groups.items()
+               for i in range(0, len(its), opts.batch_size)]
     gen = GenOptions(max_tokens=opts.max_tokens, temp=opts.temp, seed=opts.seed)
     done = 0
     with progress_bar(len(todo), "generate", opts.show_progress) as advance:
-        for method, it in todo:
-            cfg = steer_config(method, it.value, opts.negative_prompt)
-            r = ctx.session.generate(it.prompt, cfg, gen)
-            store.append({
-                "key": gen_key(method, it.value, it.prompt_id, opts.negative_prompt),
-                "method": method, "value": it.value, "prompt_id": it.prompt_id,
-                "negative_prompt": opts.negative_prompt, "prompt": it.prompt, "text": r.text,
-                "generated_tokens": len(r.tokens),
-                "gate": {"used": r.gate.used, "open": r.gate.open, "score": r.gate.score},
-                "steered": r.steered, "seconds": round(r.seconds, 3)})
-            done += 1
-            advance(1)
-            if ctx.on_generation is not None:
-                ctx.on_generation(done)
+        for method, value, chunk in batches:
+            cfg = steer_config(method, value, opts.negative_prompt)
+            results = ctx.session.generate_batch([it.prompt for it in chunk], cfg, gen)
+            for it, r in zip(chunk, results):
+                store.append({
+                    "key": gen_key(method, it.value, it.prompt_id, opts.negative_prompt),
+                    "method": method, "value": it.value, "prompt_id": it.prompt_id,
+                    "negative_prompt": opts.negative_prompt, "prompt": it.prompt,
+                    "text": r.text, "generated_tokens": len(r.tokens),
+                    "gate": {"used": r.gate.used, "open": r.gate.open, "score": r.gate.score},
+                    "steered": r.steered, "seconds": round(r.seconds, 3)})
+                done += 1
+                if ctx.on_generation is not None:
+                    ctx.on_generation(done)
+            advance(len(chunk))
     return store
 
 
@@ -242,15 +250,22 @@ def _general_ability(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
             key = json.dumps(["mcq", m, q.id, value])
             if key not in store:
                 todo.append((key, m, q, value))
+    groups: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+    for key, m, q, value in todo:
+        groups.setdefault((m, value), []).append((key, q))
     with progress_bar(len(todo), "general ability", opts.show_progress) as advance:
-        for key, m, q, value in todo:
-            cfg = steer_config(m, value)
-            logits, gate = ctx.session.next_token_logits(q.as_prompt(), cfg, ANSWER_CUE)
-            pred = mcq_answer(logits, letters)
-            store.append({"key": key, "method": m, "mcq": q.id, "value": value,
-                          "pred": pred, "answer": q.answer, "correct": pred == q.answer,
-                          "gate_open": gate.open if gate.used else None})
-            advance(1)
+        for (m, value), group in groups.items():
+            for i in range(0, len(group), opts.batch_size):
+                chunk = group[i:i + opts.batch_size]
+                scored = ctx.session.next_token_logits_batch(
+                    [q.as_prompt() for _, q in chunk], steer_config(m, value), ANSWER_CUE)
+                for (key, q), (logits, gate) in zip(chunk, scored):
+                    pred = mcq_answer(logits, letters)
+                    store.append({"key": key, "method": m, "mcq": q.id, "value": value,
+                                  "pred": pred, "answer": q.answer,
+                                  "correct": pred == q.answer,
+                                  "gate_open": gate.open if gate.used else None})
+                advance(len(chunk))
     out: dict[str, Any] = {}
     for m in methods:
         recs = [store.records[json.dumps(["mcq", m, q.id, opts.values[i % len(opts.values)]])]

@@ -376,6 +376,19 @@ class SteeringSession:
                                 cfg.mode, targets, int(tokens.size), tps,
                                 time.perf_counter() - start)
 
+    def generate_batch(self, prompts: list[str], cfg: SteerConfig,
+                       opts: GenOptions | None = None) -> list[GenerationResult]:
+        """Replies to several single-turn prompts with the same settings, decoded together.
+
+        Same decisions per prompt as `generate` (gate, minimal delta from its own state);
+        token mode and models without plain KV caches run prompt by prompt."""
+        from .batching import generate_batch, supports_batching
+
+        opts = opts or GenOptions()
+        if len(prompts) <= 1 or cfg.mode == "token" or not supports_batching(self.lm.model):
+            return [self.generate(p, cfg, opts) for p in prompts]
+        return generate_batch(self, prompts, cfg, opts)
+
     def next_token_logits(self, messages: list[dict[str, str]] | str, cfg: SteerConfig,
                           reply_prefix: str = "") -> tuple[mx.array, GateReport]:
         """Logits (vocab,) for the next token after the templated prompt + `reply_prefix`.
@@ -391,6 +404,15 @@ class SteeringSession:
         elif cache is None:
             self._prefill(tokens, {}, logits)
         return logits[-1], gate
+
+    def next_token_logits_batch(self, prompts: list[str], cfg: SteerConfig,
+                                reply_prefix: str = "") -> list[tuple[mx.array, GateReport]]:
+        """`next_token_logits` for several single-turn prompts, run as one batch."""
+        from .batching import next_token_logits_batch, supports_batching
+
+        if len(prompts) <= 1 or cfg.mode == "token" or not supports_batching(self.lm.model):
+            return [self.next_token_logits(p, cfg, reply_prefix) for p in prompts]
+        return next_token_logits_batch(self, prompts, cfg, reply_prefix)
 
     def _measure_prompt_mode(self, tokens: mx.array, plans: list[_LayerPlan],
                              logits_out: list[mx.array] | None = None

@@ -93,15 +93,15 @@ def test_a_torn_last_line_is_ignored_and_repaired(tmp_path: Path) -> None:
 
 def test_interrupted_eval_resumes_without_redoing_generations(
         session: SteeringSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    real_generate = SteeringSession.generate
+    calls: list[str] = []  # one entry per prompt generated
+    real_generate_batch = SteeringSession.generate_batch
 
-    def counting_generate(self: SteeringSession, messages: Any, cfg: SteerConfig,
-                          opts: GenOptions | None = None, **kw: Any) -> Any:
-        calls.append(f"{cfg.method}:{cfg.gate}:{messages}")
-        return real_generate(self, messages, cfg, opts, **kw)
+    def counting_generate_batch(self: SteeringSession, prompts: list[str], cfg: SteerConfig,
+                                opts: GenOptions | None = None) -> Any:
+        calls.extend(f"{cfg.method}:{cfg.gate}:{p}" for p in prompts)
+        return real_generate_batch(self, prompts, cfg, opts)
 
-    monkeypatch.setattr(SteeringSession, "generate", counting_generate)
+    monkeypatch.setattr(SteeringSession, "generate_batch", counting_generate_batch)
     opts = EvalOptions(values=["benevolence"], methods=["none", "conva-nogate"], n=2,
                        max_tokens=8, general=True, mcq_n=2, show_progress=False)
     judge = CountingJudge()
@@ -114,15 +114,18 @@ def test_interrupted_eval_resumes_without_redoing_generations(
     with pytest.raises(Interrupt):
         run_eval(EvalContext(session, out, lambda: judge, on_generation=stop_after_three),
                  opts)
-    assert len(calls) == 3
+    # killed while saving the second batch (2 prompts each): 3 saved, 4 generated
+    assert len(calls) == 4
     assert len(JsonlStore(out / "generations.jsonl").records) == 3
+    interrupted = list(calls)
 
     first = run_eval(EvalContext(session, out, lambda: judge), opts)
-    assert len(calls) == 4  # only the missing generation was made
-    assert len(set(calls)) == 4  # and none was repeated
+    resumed = calls[len(interrupted):]
+    assert len(resumed) == 1  # only the missing generation was made ...
+    assert resumed[0] == interrupted[-1]  # ... the one lost with the killed batch
     assert judge.calls == 4
     again = run_eval(EvalContext(session, out, lambda: judge), opts)
-    assert len(calls) == 4 and judge.calls == 4  # everything cached
+    assert len(calls) == 5 and judge.calls == 4  # everything cached
     assert again["values"] == first["values"]
     assert again["general_ability"] == first["general_ability"]
 

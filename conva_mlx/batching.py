@@ -1,0 +1,205 @@
+"""Batched steered generation: many prompts, one method and one set of targets.
+
+Decoding a small model on a CPU is memory-bound (each step reads every weight), so B
+prompts decoded together cost little more than one. This mirrors SteeringSession.generate
+step by step for a left-padded batch (mlx-lm's BatchKVCache gives every row its own
+positions and padding mask):
+
+1. ConVA with the gate: one unsteered batched prefill reads every row's gate score.
+2. The steering prefill: prompt mode measures each row's delta_l from its own last-token
+   state (rows whose gate is closed get a zero delta, so they stay exactly unsteered);
+   CAA adds its fixed vectors; none / ICA run no hooks.
+3. As in the single-prompt path the last prompt token is trimmed from the cache and fed
+   again with the generation hooks, then greedy (or sampled) decoding runs for all rows.
+Token mode keeps per-position statistics for one sequence, so it runs prompt by prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
+from mlx_lm.sample_utils import make_sampler
+
+from .layers import BlockHook, hooked_blocks
+from .perturbation import minimal_delta, probe_probability
+from .steering import (
+    GateReport,
+    GenerationResult,
+    GenOptions,
+    LayerReport,
+    SteerConfig,
+    SteeringSession,
+    Target,
+    _LayerPlan,
+    _norm,
+)
+
+
+def supports_batching(model: Any) -> bool:
+    """Only plain KV caches have a batched (left-padded) counterpart in mlx-lm."""
+    return all(type(c) is KVCache for c in make_prompt_cache(model))
+
+
+def left_pad(seqs: list[mx.array]) -> tuple[mx.array, list[int]]:
+    """Stack token sequences right-aligned; returns (B, L) tokens and each row's padding."""
+    width = max(int(s.size) for s in seqs)
+    pads = [width - int(s.size) for s in seqs]
+    rows = [mx.concatenate([mx.zeros((p,), dtype=s.dtype), s]) if p else s
+            for s, p in zip(seqs, pads)]
+    return mx.stack(rows), pads
+
+
+class _Batch:
+    """A left-padded batch of prompts and the prefill helpers that run on it."""
+
+    def __init__(self, session: SteeringSession, tokens: list[mx.array]) -> None:
+        self.model = session.lm.model
+        self.tokens, self.pads = left_pad(tokens)
+        self.size = len(tokens)
+
+    def prefill(self, hooks: dict[int, BlockHook]) -> list[BatchKVCache]:
+        """Run the whole prompt with `hooks`, then trim its last token (fed again later).
+
+        The last position's logits are kept in `self.logits` (for scoring)."""
+        cache = [BatchKVCache(self.pads) for _ in make_prompt_cache(self.model)]
+        with hooked_blocks(self.model, hooks):
+            self.logits = self.model(self.tokens, cache=cache)[:, -1]
+        mx.eval(self.logits, [c.state[:2] for c in cache])
+        for c in cache:
+            c.trim(1)
+        return cache
+
+
+def _gate_scores(session: SteeringSession, batch: _Batch
+                 ) -> tuple[list[BatchKVCache], np.ndarray]:
+    gate = session.pack.gate
+    assert gate is not None
+    state: dict[str, mx.array] = {}
+
+    def read_gate(_k: int, h: mx.array) -> mx.array:
+        state["e"] = h[:, -1]
+        return h
+
+    cache = batch.prefill({gate.layer: read_gate})
+    return cache, gate.scores(np.array(state["e"].astype(mx.float32)))
+
+
+def _measure(batch: _Batch, plans: list[_LayerPlan], rows_on: mx.array
+             ) -> tuple[list[BatchKVCache], dict[int, BlockHook], list[list[LayerReport]]]:
+    """Prompt mode for every row at once; rows with rows_on == 0 get delta 0."""
+    deltas: dict[int, mx.array] = {}
+    before: dict[int, mx.array] = {}
+    by_index = {p.index: p for p in plans}
+
+    def measure(k: int, h: mx.array) -> mx.array:
+        e = h[:, -1]
+        d = minimal_delta(e, by_index[k].cons) * rows_on[:, None].astype(h.dtype)
+        deltas[k], before[k] = d, e
+        return h + d[:, None, :]
+
+    cache = batch.prefill({p.index: measure for p in plans})
+    reports: list[list[LayerReport]] = [[] for _ in range(batch.size)]
+    on = np.array(rows_on).astype(bool)
+    for p in plans:
+        e, d = before[p.index], deltas[p.index]
+        pb = np.array(probe_probability(e, p.weights, p.biases))
+        pa = np.array(probe_probability(e + d, p.weights, p.biases))
+        norms = np.linalg.norm(np.array(d.astype(mx.float32)), axis=-1)
+        for i in np.flatnonzero(on):
+            reports[i].append(LayerReport(p.index, dict(zip(p.values, pb[i].tolist())),
+                                          dict(zip(p.values, pa[i].tolist())),
+                                          float(norms[i])))
+    hooks = {k: _add_rows(d) for k, d in deltas.items()}
+    return cache, hooks, reports
+
+
+def _add_rows(delta: mx.array) -> BlockHook:
+    """Add a (B, hidden) delta to every position of each row."""
+    def hook(_k: int, h: mx.array) -> mx.array:
+        return h + delta[:, None, :].astype(h.dtype)
+    return hook
+
+
+def _decode(session: SteeringSession, batch: _Batch, cache: list[BatchKVCache],
+            hooks: dict[int, BlockHook], opts: GenOptions) -> list[list[int]]:
+    """Feed the trimmed last prompt token, then decode until EOS or max_tokens per row."""
+    model, tokenizer = session.lm.model, session.lm.tokenizer
+    eos = set(tokenizer.eos_token_ids)
+    sampler = make_sampler(temp=opts.temp, top_p=opts.top_p)
+    if opts.seed is not None:
+        mx.random.seed(opts.seed)
+    out: list[list[int]] = [[] for _ in range(batch.size)]
+    finished = [False] * batch.size
+    y = batch.tokens[:, -1]
+    with hooked_blocks(model, hooks):
+        for _ in range(opts.max_tokens):
+            logits = model(y[:, None], cache=cache)[:, -1].astype(mx.float32)
+            y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+            for i, t in enumerate(np.array(y).tolist()):
+                if finished[i]:
+                    continue
+                if t in eos:
+                    finished[i] = True
+                else:
+                    out[i].append(t)
+            if all(finished):
+                break
+    return out
+
+
+def _steer_prefill(session: SteeringSession, batch: _Batch, cfg: SteerConfig,
+                   targets: list[Target]
+                   ) -> tuple[list[BatchKVCache], list[GateReport], dict[int, BlockHook],
+                              list[list[LayerReport]]]:
+    """Steps 1-2 of the module docstring: gate pass, then the steering prefill."""
+    gate = session.pack.gate
+    gates = [GateReport(None, True, None, False)] * batch.size
+    cache: list[BatchKVCache] | None = None
+    hooks: dict[int, BlockHook] = {}
+    reports: list[list[LayerReport]] = [[] for _ in range(batch.size)]
+    if cfg.method == "conva" and cfg.gate and gate is not None:
+        cache, scores = _gate_scores(session, batch)
+        gates = [GateReport(float(s), bool(s >= gate.threshold), gate.threshold, True)
+                 for s in scores]
+    if cfg.method == "caa":
+        deltas = session._caa_deltas(cfg, targets)
+        hooks = {k: _add_rows(mx.broadcast_to(d, (batch.size, d.shape[-1])))
+                 for k, d in deltas.items()}
+        cache = batch.prefill(hooks)
+        reports = [[LayerReport(k, {}, {}, _norm(d)) for k, d in sorted(deltas.items())]
+                   for _ in range(batch.size)]
+    elif cfg.method == "conva" and any(g.open for g in gates):
+        rows_on = mx.array([1.0 if g.open else 0.0 for g in gates])
+        cache, hooks, reports = _measure(batch, session._plan(cfg, targets), rows_on)
+    elif cache is None:
+        cache = batch.prefill({})
+    return cache, gates, hooks, reports
+
+
+def generate_batch(session: SteeringSession, prompts: list[str], cfg: SteerConfig,
+                   opts: GenOptions) -> list[GenerationResult]:
+    """Steered replies for several single-turn prompts with the same settings."""
+    start = time.perf_counter()
+    prepared = [session._prepare(p, cfg) for p in prompts]
+    targets = prepared[0][0]
+    batch = _Batch(session, [t for _, t in prepared])
+    cache, gates, hooks, reports = _steer_prefill(session, batch, cfg, targets)
+    out = _decode(session, batch, cache, hooks, opts)
+    seconds = (time.perf_counter() - start) / batch.size
+    tokenizer = session.lm.tokenizer
+    return [GenerationResult(tokenizer.decode(toks), toks, g, rep, cfg.method, cfg.mode,
+                             targets, int(t.size), 0.0, seconds)
+            for toks, g, rep, (_, t) in zip(out, gates, reports, prepared)]
+
+
+def next_token_logits_batch(session: SteeringSession, prompts: list[str], cfg: SteerConfig,
+                            reply_prefix: str = "") -> list[tuple[mx.array, GateReport]]:
+    """Next-token logits after each templated prompt + `reply_prefix` (for MCQ scoring)."""
+    prepared = [session._prepare(p, cfg, reply_prefix) for p in prompts]
+    batch = _Batch(session, [t for _, t in prepared])
+    _cache, gates, _hooks, _reports = _steer_prefill(session, batch, cfg, prepared[0][0])
+    return [(batch.logits[i], g) for i, g in enumerate(gates)]
