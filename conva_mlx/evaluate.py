@@ -45,10 +45,12 @@ GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva")
 ANSWER_CUE = "Answer:"
 
 
-def steer_config(method: str, value: str, negative_prompt: bool = False) -> SteerConfig:
+def steer_config(method: str, value: str, negative_prompt: bool = False,
+                 p0: float | None = None) -> SteerConfig:
+    """Settings of one evaluation method; p0 None = the pack's default for the value."""
     if method not in METHOD_SETTINGS:
         raise ConvaError(f"unknown method '{method}' (choose from {', '.join(EVAL_METHODS)})")
-    return SteerConfig(targets=[Target(value)], negative_prompt=negative_prompt,
+    return SteerConfig(targets=[Target(value, p0)], negative_prompt=negative_prompt,
                        **METHOD_SETTINGS[method])
 
 
@@ -149,6 +151,7 @@ class EvalOptions:
     n: int | None = None
     prompts_file: Path | None = None
     max_tokens: int = 64
+    p0: float | None = None  # ConVA strength for every value; None = the pack's defaults
     batch_size: int = 16  # prompts decoded together (1 = one at a time)
     temp: float = 0.0
     seed: int | None = None
@@ -181,7 +184,7 @@ def _generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) ->
     done = 0
     with progress_bar(len(todo), "generate", opts.show_progress) as advance:
         for method, value, chunk in batches:
-            cfg = steer_config(method, value, opts.negative_prompt)
+            cfg = steer_config(method, value, opts.negative_prompt, opts.p0)
             results = ctx.session.generate_batch([it.prompt for it in chunk], cfg, gen)
             for it, r in zip(chunk, results):
                 store.append({
@@ -258,7 +261,8 @@ def _general_ability(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
             for i in range(0, len(group), opts.batch_size):
                 chunk = group[i:i + opts.batch_size]
                 scored = ctx.session.next_token_logits_batch(
-                    [q.as_prompt() for _, q in chunk], steer_config(m, value), ANSWER_CUE)
+                    [q.as_prompt() for _, q in chunk], steer_config(m, value, p0=opts.p0),
+                    ANSWER_CUE)
                 for (key, q), (logits, gate) in zip(chunk, scored):
                     pred = mcq_answer(logits, letters)
                     store.append({"key": key, "method": m, "mcq": q.id, "value": value,
@@ -387,6 +391,33 @@ def print_table(results: dict[str, Any]) -> None:
         console.print(f"[yellow]{unparse} judge answers could not be parsed (excluded)")
 
 
+def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
+    """What the saved generations depend on (beyond their key)."""
+    lm = ctx.session.lm
+    return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.session.pack.digest(),
+            "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
+            "p0": opts.p0}
+
+
+def check_run_settings(ctx: EvalContext, opts: EvalOptions) -> None:
+    """Refuse to mix generations made with other settings into one output directory."""
+    path = ctx.out / "run.json"
+    want = generation_settings(ctx, opts)
+    if path.is_file():
+        try:
+            have = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConvaError(f"{path}: unreadable ({exc}); remove it or use another --out"
+                             ) from exc
+        diff = [f"{k}={have.get(k)!r} (now {v!r})" for k, v in want.items()
+                if have.get(k) != v]
+        if diff:
+            raise ConvaError(f"{ctx.out} holds generations made with other settings: "
+                             + ", ".join(diff) + "; use another --out or the same settings")
+        return
+    atomic_write_json(path, want)
+
+
 def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     """Run (or resume) the evaluation; write and return the results."""
     if not opts.values:
@@ -403,6 +434,7 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
                 ctx.session.pack.value(v)
     items = load_items(opts.values, opts.n, opts.prompts_file, ctx.data)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    check_run_settings(ctx, opts)
     gens = _generate_all(ctx, opts, items)
     judge = ctx.judge_factory()
     judgements = _judge_all(ctx, opts, items, gens, judge)
@@ -418,6 +450,7 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
         "dataset_hash": ctx.data.digest(),
         "prompts": str(opts.prompts_file) if opts.prompts_file else "test dilemmas (even half)",
         "settings": {"max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
+                     "p0": opts.p0,
                      "n": opts.n, "negative_prompt": opts.negative_prompt,
                      "methods": opts.methods},
         "judge": judge.describe(),

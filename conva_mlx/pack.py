@@ -7,6 +7,7 @@ No pickle anywhere; every file is written atomically; checksums are recorded in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -63,6 +64,22 @@ class Pack:
             raise ConvaError(
                 f"this pack was made for model '{self.model.model_id}' (fingerprint "
                 f"{self.model.fingerprint}), not for '{model_id}' (fingerprint {fingerprint})")
+
+    def digest(self) -> str:
+        """sha256 of everything steering reads (vectors, layers, P0, gate), short hex."""
+        h = hashlib.sha256(self.model.fingerprint.encode())
+        for name in sorted(self.values):
+            v = self.values[name]
+            h.update(json.dumps([name, v.layers, v.default_p0, v.fixed_scale]).encode())
+            for probes in (v.probes, v.nocc):
+                if probes is not None:
+                    for arr in (probes.weights, probes.biases, probes.caa):
+                        h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+        if self.gate is not None:
+            g = self.gate
+            h.update(json.dumps([g.layer, g.bias, g.threshold]).encode())
+            h.update(np.ascontiguousarray(g.weight, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
 
     def value(self, name: str) -> ValueEntry:
         if name not in self.values:

@@ -10,6 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from conva_mlx.errors import ConvaError
 from conva_mlx.evaluate import (
     EvalContext,
     EvalOptions,
@@ -77,6 +78,8 @@ def test_method_names_map_onto_steer_configs() -> None:
     c = steer_config("conva-nocc", "power", negative_prompt=True)
     assert (c.method, c.gate, c.probes, c.negative_prompt) == ("conva", True, "nocc", True)
     assert steer_config("caa", "power").method == "caa"
+    assert steer_config("conva", "power", p0=0.99).targets[0].p0 == 0.99
+    assert steer_config("conva", "power").targets[0].p0 is None  # the pack's default
 
 
 def test_a_torn_last_line_is_ignored_and_repaired(tmp_path: Path) -> None:
@@ -153,6 +156,22 @@ def test_negative_prompt_results_are_kept_apart(session: SteeringSession, tmp_pa
     assert not (tmp_path / "results.json").exists()
     rec = next(iter(JsonlStore(tmp_path / "generations.jsonl").records.values()))
     assert rec["negative_prompt"] is True
+
+
+def test_an_out_dir_made_with_other_settings_is_refused(session: SteeringSession,
+                                                        tmp_path: Path) -> None:
+    opts = EvalOptions(values=["power"], methods=["none"], n=1, max_tokens=3,
+                       show_progress=False, general=False)
+    run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
+    settings = json.loads((tmp_path / "run.json").read_text())
+    assert settings["max_tokens"] == 3 and settings["p0"] is None
+    assert settings["pack_sha256"] == session.pack.digest()
+    for change in ({"max_tokens": 5}, {"p0": 0.99}):
+        other = EvalOptions(**{**opts.__dict__, **change})
+        with pytest.raises(ConvaError, match="other settings"):
+            run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), other)
+    # the same settings resume quietly
+    run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
 
 
 # ----- SteeringSession.next_token_logits ---------------------------------------------------------

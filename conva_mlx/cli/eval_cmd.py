@@ -35,6 +35,8 @@ from .packs import load_model_for_pack, resolve_pack_path
               help="Environment variable with the key; 'none' for local servers.")
 @click.option("--max-tokens", type=int, default=64, show_default=True)
 @click.option("--temp", type=float, default=0.0, show_default=True)
+@click.option("--p0", type=float, default=None,
+              help="ConVA strength P0 for every value (default: the pack's per-value P0).")
 @click.option("--batch-size", type=int, default=16, show_default=True,
               help="Prompts decoded together (same method and value); 1 = one at a time.")
 @click.option("--seed", type=int, default=None)
@@ -46,7 +48,8 @@ from .packs import load_model_for_pack, resolve_pack_path
 def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
                  methods_spec: str, negative_prompt: bool, prompts_file: Path | None,
                  n: int | None, judge_kind: str, judge_base_url: str | None, judge_model: str,
-                 judge_api_key_env: str, max_tokens: int, batch_size: int, temp: float,
+                 judge_api_key_env: str, max_tokens: int, p0: float | None,
+                 batch_size: int, temp: float,
                  seed: int | None, general: bool, mcq_n: int | None, out_dir: Path) -> None:
     """Evaluate steering methods on held-out value dilemmas (resumable)."""
     from ..pack import load_pack
@@ -55,6 +58,8 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
     methods = parse_methods(methods_spec)
     if n is not None and n < 1:
         raise ConvaError("--n must be at least 1")
+    if p0 is not None and not 0.5 <= p0 < 1.0:
+        raise ConvaError(f"--p0 must be in [0.5, 1), got {p0}")
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
     pack_path = resolve_pack_path(pack_spec)
@@ -72,7 +77,7 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
         OpenAIJudge(judge_model, judge_base_url, judge_api_key_env)
     opts = EvalOptions(values=values, methods=methods, negative_prompt=negative_prompt, n=n,
                        prompts_file=prompts_file, max_tokens=max_tokens,
-                       batch_size=batch_size, temp=temp, seed=seed,
+                       p0=p0, batch_size=batch_size, temp=temp, seed=seed,
                        general=general, mcq_n=mcq_n)
     results = run_eval(EvalContext(session, out_dir, make_judge, pack_path), opts)
     print_table(results)
