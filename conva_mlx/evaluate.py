@@ -46,12 +46,12 @@ ANSWER_CUE = "Answer:"
 
 
 def steer_config(method: str, value: str, negative_prompt: bool = False,
-                 p0: float | None = None) -> SteerConfig:
+                 p0: float | None = None, caa_coef: float = 1.0) -> SteerConfig:
     """Settings of one evaluation method; p0 None = the pack's default for the value."""
     if method not in METHOD_SETTINGS:
         raise ConvaError(f"unknown method '{method}' (choose from {', '.join(EVAL_METHODS)})")
     return SteerConfig(targets=[Target(value, p0)], negative_prompt=negative_prompt,
-                       **METHOD_SETTINGS[method])
+                       caa_coef=caa_coef, **METHOD_SETTINGS[method])
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -152,6 +152,7 @@ class EvalOptions:
     prompts_file: Path | None = None
     max_tokens: int = 64
     p0: float | None = None  # ConVA strength for every value; None = the pack's defaults
+    caa_coef: float = 1.0  # CAA strength (multiplies the mean-difference vectors)
     batch_size: int = 16  # prompts decoded together (1 = one at a time)
     temp: float = 0.0
     seed: int | None = None
@@ -184,7 +185,7 @@ def _generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) ->
     done = 0
     with progress_bar(len(todo), "generate", opts.show_progress) as advance:
         for method, value, chunk in batches:
-            cfg = steer_config(method, value, opts.negative_prompt, opts.p0)
+            cfg = steer_config(method, value, opts.negative_prompt, opts.p0, opts.caa_coef)
             results = ctx.session.generate_batch([it.prompt for it in chunk], cfg, gen)
             for it, r in zip(chunk, results):
                 store.append({
@@ -193,7 +194,10 @@ def _generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) ->
                     "negative_prompt": opts.negative_prompt, "prompt": it.prompt,
                     "text": r.text, "generated_tokens": len(r.tokens),
                     "gate": {"used": r.gate.used, "open": r.gate.open, "score": r.gate.score},
-                    "steered": r.steered, "seconds": round(r.seconds, 3)})
+                    "steered": r.steered,
+                    "delta_norm_mean": round(float(np.mean([x.delta_norm for x in r.layers]))
+                                             if r.layers else 0.0, 4),
+                    "seconds": round(r.seconds, 3)})
                 done += 1
                 if ctx.on_generation is not None:
                     ctx.on_generation(done)
@@ -396,7 +400,7 @@ def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     lm = ctx.session.lm
     return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.session.pack.digest(),
             "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
-            "p0": opts.p0}
+            "p0": opts.p0, "caa_coef": opts.caa_coef}
 
 
 def check_run_settings(ctx: EvalContext, opts: EvalOptions) -> None:
@@ -450,7 +454,7 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
         "dataset_hash": ctx.data.digest(),
         "prompts": str(opts.prompts_file) if opts.prompts_file else "test dilemmas (even half)",
         "settings": {"max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
-                     "p0": opts.p0,
+                     "p0": opts.p0, "caa_coef": opts.caa_coef,
                      "n": opts.n, "negative_prompt": opts.negative_prompt,
                      "methods": opts.methods},
         "judge": judge.describe(),

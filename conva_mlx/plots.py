@@ -74,3 +74,32 @@ def plot_bars(table: dict[str, dict[str, float]], out: Path, title: str, ylabel:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return out
+
+
+def plot_strength_sweep(curves: dict[str, list[dict[str, float | str]]], out: Path) -> Path:
+    """CSR and FR against the mean perturbation norm, one line per method.
+
+    Each curve point has keys 'delta' (mean |delta| per steered block), 'csr', 'fr' and
+    'label' (the setting, e.g. 'P0=0.99' or 'x4')."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for ax, metric, name in ((axes[0], "csr", "control success rate"),
+                             (axes[1], "fr", "fluency rate")):
+        for method, points in curves.items():
+            xs = [float(p["delta"]) for p in points]
+            ys = [float(p[metric]) for p in points]
+            ax.plot(xs, ys, marker="o", label=method)
+            for x, y, p in zip(xs, ys, points):
+                ax.annotate(str(p["label"]), (x, y), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("mean |delta| per steered block")
+        ax.set_ylabel(metric.upper())
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out

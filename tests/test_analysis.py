@@ -72,3 +72,14 @@ def test_extract_cli_rejects_unknown_values(tmp_path: Path) -> None:
                                       str(tmp_path / "x")])
     assert result.exit_code == 1
     assert "unknown value 'kindness'" in result.output
+
+
+def test_strength_sweep_plot_is_a_png(tmp_path: Path) -> None:
+    from conva_mlx.plots import plot_strength_sweep
+
+    curves = {"conva-nogate": [{"delta": 0.5, "csr": 0.4, "fr": 1.0, "label": "P0=0.9"},
+                               {"delta": 3.0, "csr": 0.6, "fr": 0.9, "label": "P0=0.99"}],
+              "caa": [{"delta": 2.0, "csr": 0.5, "fr": 1.0, "label": "x1"}]}
+    out = plot_strength_sweep(curves, tmp_path / "sweep.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically

@@ -37,6 +37,8 @@ from .packs import load_model_for_pack, resolve_pack_path
 @click.option("--temp", type=float, default=0.0, show_default=True)
 @click.option("--p0", type=float, default=None,
               help="ConVA strength P0 for every value (default: the pack's per-value P0).")
+@click.option("--caa-coef", type=float, default=1.0, show_default=True,
+              help="CAA strength: multiplies the mean-difference vectors.")
 @click.option("--batch-size", type=int, default=16, show_default=True,
               help="Prompts decoded together (same method and value); 1 = one at a time.")
 @click.option("--seed", type=int, default=None)
@@ -49,8 +51,8 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
                  methods_spec: str, negative_prompt: bool, prompts_file: Path | None,
                  n: int | None, judge_kind: str, judge_base_url: str | None, judge_model: str,
                  judge_api_key_env: str, max_tokens: int, p0: float | None,
-                 batch_size: int, temp: float,
-                 seed: int | None, general: bool, mcq_n: int | None, out_dir: Path) -> None:
+                 caa_coef: float, batch_size: int, temp: float, seed: int | None,
+                 general: bool, mcq_n: int | None, out_dir: Path) -> None:
     """Evaluate steering methods on held-out value dilemmas (resumable)."""
     from ..pack import load_pack
 
@@ -76,8 +78,8 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
     if judge_kind == "openai":  # fail early on a missing key, before generating
         OpenAIJudge(judge_model, judge_base_url, judge_api_key_env)
     opts = EvalOptions(values=values, methods=methods, negative_prompt=negative_prompt, n=n,
-                       prompts_file=prompts_file, max_tokens=max_tokens,
-                       p0=p0, batch_size=batch_size, temp=temp, seed=seed,
+                       prompts_file=prompts_file, max_tokens=max_tokens, p0=p0,
+                       caa_coef=caa_coef, batch_size=batch_size, temp=temp, seed=seed,
                        general=general, mcq_n=mcq_n)
     results = run_eval(EvalContext(session, out_dir, make_judge, pack_path), opts)
     print_table(results)
