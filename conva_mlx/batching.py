@@ -74,14 +74,19 @@ class _Batch:
         return cache
 
 
-def _gate_scores(session: SteeringSession, batch: _Batch
+def _gate_scores(session: SteeringSession, batch: _Batch, gate_index: list[int]
                  ) -> tuple[list[BatchKVCache], np.ndarray]:
+    """Unsteered prefill; each row's gate score at its templated query's last token."""
     gate = session.pack.gate
     assert gate is not None
+    width = int(batch.tokens.shape[1])
+    rows = mx.arange(batch.size)
+    cols = mx.array([pad + (i if i >= 0 else width - pad + i)
+                     for pad, i in zip(batch.pads, gate_index)])
     state: dict[str, mx.array] = {}
 
     def read_gate(_k: int, h: mx.array) -> mx.array:
-        state["e"] = h[:, -1]
+        state["e"] = h[rows, cols]
         return h
 
     cache = batch.prefill({gate.layer: read_gate})
@@ -152,7 +157,7 @@ def _decode(session: SteeringSession, batch: _Batch, cache: list[BatchKVCache],
 
 
 def _steer_prefill(session: SteeringSession, batch: _Batch, cfg: SteerConfig,
-                   targets: list[Target]
+                   targets: list[Target], gate_index: list[int]
                    ) -> tuple[list[BatchKVCache], list[GateReport], dict[int, BlockHook],
                               list[list[LayerReport]]]:
     """Steps 1-2 of the module docstring: gate pass, then the steering prefill."""
@@ -162,7 +167,7 @@ def _steer_prefill(session: SteeringSession, batch: _Batch, cfg: SteerConfig,
     hooks: dict[int, BlockHook] = {}
     reports: list[list[LayerReport]] = [[] for _ in range(batch.size)]
     if cfg.method == "conva" and cfg.gate and gate is not None:
-        cache, scores = _gate_scores(session, batch)
+        cache, scores = _gate_scores(session, batch, gate_index)
         gates = [GateReport(float(s), bool(s >= gate.threshold), gate.threshold, True)
                  for s in scores]
     if cfg.method == "caa":
@@ -185,21 +190,22 @@ def generate_batch(session: SteeringSession, prompts: list[str], cfg: SteerConfi
     """Steered replies for several single-turn prompts with the same settings."""
     start = time.perf_counter()
     prepared = [session._prepare(p, cfg) for p in prompts]
-    targets = prepared[0][0]
-    batch = _Batch(session, [t for _, t in prepared])
-    cache, gates, hooks, reports = _steer_prefill(session, batch, cfg, targets)
+    batch = _Batch(session, [p.tokens for p in prepared])
+    cache, gates, hooks, reports = _steer_prefill(session, batch, cfg, prepared[0].targets,
+                                                  [p.gate_index for p in prepared])
     out = _decode(session, batch, cache, hooks, opts)
     seconds = (time.perf_counter() - start) / batch.size
     tokenizer = session.lm.tokenizer
     return [GenerationResult(tokenizer.decode(toks), toks, g, rep, cfg.method, cfg.mode,
-                             targets, int(t.size), 0.0, seconds)
-            for toks, g, rep, (_, t) in zip(out, gates, reports, prepared)]
+                             p.targets, int(p.tokens.size), 0.0, seconds)
+            for toks, g, rep, p in zip(out, gates, reports, prepared)]
 
 
 def next_token_logits_batch(session: SteeringSession, prompts: list[str], cfg: SteerConfig,
                             reply_prefix: str = "") -> list[tuple[mx.array, GateReport]]:
     """Next-token logits after each templated prompt + `reply_prefix` (for MCQ scoring)."""
     prepared = [session._prepare(p, cfg, reply_prefix) for p in prompts]
-    batch = _Batch(session, [t for _, t in prepared])
-    _cache, gates, _hooks, _reports = _steer_prefill(session, batch, cfg, prepared[0][0])
+    batch = _Batch(session, [p.tokens for p in prepared])
+    _cache, gates, _hooks, _reports = _steer_prefill(session, batch, cfg, prepared[0].targets,
+                                                     [p.gate_index for p in prepared])
     return [(batch.logits[i], g) for i, g in enumerate(gates)]

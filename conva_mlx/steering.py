@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import mlx.core as mx
 import numpy as np
@@ -168,6 +168,14 @@ class GenerationResult:
                 f"|δ| mean {np.mean(norms):.2f} · " + ", ".join(parts))
 
 
+class Prepared(NamedTuple):
+    """A validated request: resolved targets, prompt tokens, where the gate reads."""
+
+    targets: list[Target]
+    tokens: mx.array
+    gate_index: int  # position of the templated query's last token
+
+
 @dataclass
 class _LayerPlan:
     index: int
@@ -269,7 +277,7 @@ class SteeringSession:
 
     # ----- shared steps ---------------------------------------------------------
     def _prepare(self, messages: list[dict[str, str]] | str, cfg: SteerConfig,
-                 reply_prefix: str = "") -> tuple[list[Target], mx.array]:
+                 reply_prefix: str = "") -> Prepared:
         """Validate the settings; return the resolved targets and the prompt's tokens."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
@@ -285,14 +293,21 @@ class SteeringSession:
             raise ConvaError("imported control vectors have no probe; use --method caa")
         if cfg.method == "conva" and cfg.gate and self.pack.gate is None:
             raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
-        prompt = self.build_prompt(messages, cfg, targets) + reply_prefix
-        tokens = mx.array(self.lm.tokenizer.encode(prompt))
-        if tokens.size < 2:
+        prompt = self.build_prompt(messages, cfg, targets)
+        ids = list(self.lm.tokenizer.encode(prompt + reply_prefix))
+        if len(ids) < 2:
             raise ConvaError("the prompt is empty")
-        return targets, tokens
+        # The gate was trained on the templated query's last token: read it there, not
+        # after a reply prefix such as "Answer:".
+        gate_index = len(ids) - 1
+        if reply_prefix:
+            head = list(self.lm.tokenizer.encode(prompt))
+            if ids[:len(head)] == head:
+                gate_index = len(head) - 1
+        return Prepared(targets, mx.array(ids), gate_index)
 
     def _gate_pass(self, tokens: mx.array, cfg: SteerConfig,
-                   logits_out: list[mx.array] | None = None
+                   logits_out: list[mx.array] | None = None, gate_index: int = -1
                    ) -> tuple[list[Any] | None, GateReport]:
         """The unsteered prefill that reads the gate (ConVA with the gate on only).
 
@@ -304,7 +319,7 @@ class SteeringSession:
         state: dict[str, mx.array] = {}
 
         def read_gate(_k: int, h: mx.array) -> mx.array:
-            state["e"] = h[0, -1]
+            state["e"] = h[0, gate_index]
             return h
 
         cache = self._prefill(tokens, {gate.layer: read_gate}, logits_out)
@@ -341,7 +356,7 @@ class SteeringSession:
         """Generate a reply; stream text pieces to `on_text`; return text and diagnostics."""
         opts = opts or GenOptions()
         start = time.perf_counter()
-        targets, tokens = self._prepare(messages, cfg)
+        targets, tokens, _ = self._prepare(messages, cfg)
         cache, gate = self._gate_pass(tokens, cfg)
         reports: list[LayerReport] = []
         gen_hooks: dict[int, BlockHook] = {}
@@ -396,9 +411,9 @@ class SteeringSession:
         For scoring (e.g. MCQs). Same decisions as `generate`: the gate on the unsteered pass,
         then the steered pass (prompt mode: the measuring pass; token mode: per-position
         deltas)."""
-        targets, tokens = self._prepare(messages, cfg, reply_prefix)
+        targets, tokens, gate_index = self._prepare(messages, cfg, reply_prefix)
         logits: list[mx.array] = []
-        cache, gate = self._gate_pass(tokens, cfg, logits)
+        cache, gate = self._gate_pass(tokens, cfg, logits, gate_index)
         if cfg.method in ("conva", "caa") and gate.open:
             self._steered_prefill(tokens, cfg, targets, logits)
         elif cache is None:

@@ -120,3 +120,16 @@ def test_every_architecture_decodes_in_batches(tiny_lm: LoadedModel) -> None:
             want.append(t)
             y = tiny_lm.model(y[None], cache=c)[:, -1].argmax(-1)
         assert got == want
+
+
+def test_the_gate_reads_the_query_not_the_reply_prefix(session: SteeringSession) -> None:
+    """Scoring with a reply prefix ("Answer:") must not change the gate's decision."""
+    cfg = CONFIGS["conva"]
+    generated = [session.generate(p, cfg, GenOptions(max_tokens=1)).gate for p in PROMPTS]
+    scored = [g for _, g in (session.next_token_logits(p, cfg, "Answer:") for p in PROMPTS)]
+    batched = [g for _, g in session.next_token_logits_batch(PROMPTS, cfg, "Answer:")]
+    for a, b, c in zip(generated, scored, batched):
+        assert a.score is not None and b.score is not None and c.score is not None
+        assert b.score == pytest.approx(a.score, abs=1e-5)
+        assert c.score == pytest.approx(a.score, abs=1e-4)
+        assert a.open == b.open == c.open
