@@ -303,10 +303,19 @@ def compute_metrics(opts: EvalOptions, items: list[EvalItem], gens: JsonlStore,
             fr, bad_f = _rate([j["fluent"] for j in js])
             gates = [gens.records[k]["gate"] for k in ks]
             used = [g["open"] for g in gates if g["used"]]
+            norms = [float(gens.records[k]["delta_norm_mean"]) for k in ks
+                     if gens.records[k].get("delta_norm_mean") is not None]
+            # How often the reply differs at all from the plain model's reply (same prompt).
+            plain = [gens.records.get(gen_key("none", it.value, it.prompt_id, False))
+                     for it in items if it.value == v]
+            changed = [gens.records[k]["text"] != p["text"] for k, p in zip(ks, plain)
+                       if p is not None]
             row[method_label(m, opts.negative_prompt)] = {
                 "csr": csr, "fr": fr, "n": len(ks), "value_unparseable": bad_v,
                 "fluency_unparseable": bad_f,
-                "gate_open_rate": float(np.mean(used)) if used else None}
+                "gate_open_rate": float(np.mean(used)) if used else None,
+                "changed_vs_none": float(np.mean(changed)) if changed else None,
+                "delta_norm_mean": float(np.mean(norms)) if len(norms) == len(ks) else None}
         table[v] = row
     return table
 
@@ -352,6 +361,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     gate_cells = [f"{m} {np.mean(g):.2f}" for m, g in gates.items() if g]
     if gate_cells:
         lines += ["", "Gate open rate on the test dilemmas: " + ", ".join(gate_cells) + "."]
+    for key, text in (("changed_vs_none", "Share of replies that differ from the unsteered "
+                                          "reply to the same prompt"),
+                      ("delta_norm_mean", "Mean |delta| per steered block")):
+        cells = {m: [r[m][key] for r in table.values() if r[m].get(key) is not None]
+                 for m in methods}
+        shown = [f"{m} {np.mean(c):.2f}" for m, c in cells.items() if c and m != "none"]
+        if shown:
+            lines += ["", f"{text}: " + ", ".join(shown) + "."]
     if results.get("general_ability"):
         ga = results["general_ability"]
         lines += ["", "## General ability (value-unrelated multiple choice)", "",

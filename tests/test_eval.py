@@ -138,6 +138,9 @@ def test_interrupted_eval_resumes_without_redoing_generations(
 
     cell = first["values"]["benevolence"]["conva-nogate"]
     assert cell["n"] == 2 and cell["gate_open_rate"] is None
+    assert cell["delta_norm_mean"] > 0 and 0.0 <= cell["changed_vs_none"] <= 1.0
+    plain = first["values"]["benevolence"]["none"]
+    assert plain["delta_norm_mean"] == 0.0 and plain["changed_vs_none"] == 0.0
     assert set(first["general_ability"]) == {"none", "conva-nogate"}
     assert first["general_ability"]["none"]["n"] == 2
     for name in ("results.json", "results.md", "csr.png"):
