@@ -211,13 +211,19 @@ def _judge_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem], gens:
     keys = [gen_key(m, it.value, it.prompt_id, opts.negative_prompt)
             for m in opts.methods for it in items]
     todo = [k for k in keys if json.dumps([judge.name, k]) not in store]
+    # Judges that can (the offline one) take a batch at a time; others one reply at a time.
+    batched = getattr(judge, "judge_batch", None)
+    step = opts.batch_size if batched is not None else 1
     with progress_bar(len(todo), "judge", opts.show_progress) as advance:
-        for k in todo:
-            g = gens.records[k]
-            j = judge.judge(g["value"], g["prompt"], g["text"])
-            store.append({"key": json.dumps([judge.name, k]), "judge": judge.name,
-                          "generation": k, **j.as_dict()})
-            advance(1)
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            triples = [(gens.records[k]["value"], gens.records[k]["prompt"],
+                        gens.records[k]["text"]) for k in chunk]
+            verdicts = batched(triples) if batched is not None else [judge.judge(*triples[0])]
+            for k, j in zip(chunk, verdicts):
+                store.append({"key": json.dumps([judge.name, k]), "judge": judge.name,
+                              "generation": k, **j.as_dict()})
+            advance(len(chunk))
     return store
 
 

@@ -200,18 +200,39 @@ def repeated_ngram_share(text: str, n: int = 4) -> float:
 
 def reply_perplexity(lm: LoadedModel, question: str, answer: str) -> float:
     """Perplexity of `answer` as the assistant's reply to `question`, under the plain model."""
-    prompt = lm.chat_prompt([{"role": "user", "content": question}])
-    p_ids = lm.tokenizer.encode(prompt)
-    a_ids = lm.tokenizer.encode(answer.strip(), add_special_tokens=False)
-    if not a_ids:
-        return float("inf")
-    ids = mx.array(p_ids + a_ids)
-    logits = lm.model(ids[None])[0].astype(mx.float32)
-    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    targets = ids[len(p_ids):]
-    picked = mx.take_along_axis(logp[len(p_ids) - 1:-1], targets[:, None], axis=-1)
-    nll: float = picked.mean().item()  # type: ignore[assignment]
-    return float(math.exp(-nll))
+    return reply_perplexities(lm, [(question, answer)])[0]
+
+
+def reply_perplexities(lm: LoadedModel, pairs: list[tuple[str, str]],
+                       batch_size: int = 16) -> list[float]:
+    """`reply_perplexity` for many (question, answer) pairs, in right-padded batches.
+
+    Right padding needs no mask: under causal attention a real token never sees the
+    padding that follows it, so every row's log-probabilities are its own."""
+    rows = []
+    for question, answer in pairs:
+        prompt = lm.chat_prompt([{"role": "user", "content": question}])
+        p_ids = list(lm.tokenizer.encode(prompt))
+        a_ids = list(lm.tokenizer.encode(answer.strip(), add_special_tokens=False))
+        rows.append((p_ids, a_ids))
+    out = [math.inf] * len(rows)
+    todo = sorted((i for i, (_p, a) in enumerate(rows) if a),
+                  key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
+        seqs = [rows[i][0] + rows[i][1] for i in idx]
+        width = max(len(q) for q in seqs)
+        ids = mx.array([q + [0] * (width - len(q)) for q in seqs])
+        logits = lm.model(ids).astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        # logp at position t predicts token t + 1
+        picked = mx.take_along_axis(logp[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
+        picked_np = np.array(picked)
+        for row, i in enumerate(idx):
+            n_p, n_a = len(rows[i][0]), len(rows[i][1])
+            nll = -float(picked_np[row, n_p - 1:n_p - 1 + n_a].mean())
+            out[i] = math.exp(nll)
+    return out
 
 
 @dataclass
@@ -326,17 +347,28 @@ class OfflineJudge:
         return self.classifiers[value].prob(self.encoder.encode(answers))
 
     def fluency(self, question: str, answer: str) -> Verdict:
+        return self._fluency_verdict(answer, reply_perplexity(self.lm, question, answer))
+
+    def _fluency_verdict(self, answer: str, ppl: float) -> Verdict:
         if not answer.strip():
             return Verdict(False, "empty", None)
-        ppl = reply_perplexity(self.lm, question, answer)
         rep = repeated_ngram_share(answer)
         ok = ppl <= self.ppl_threshold and rep <= self.repeat_threshold
         return Verdict(ok, f"ppl={ppl:.2f} repeat4={rep:.2f}", ppl)
 
     def judge(self, value: str, question: str, answer: str) -> Judgement:
-        p = float(self.value_prob(value, [answer.strip() or "."])[0])
-        return Judgement(Verdict(p >= VALUE_THRESHOLD, f"p={p:.3f}", p),
-                         self.fluency(question, answer))
+        return self.judge_batch([(value, question, answer)])[0]
+
+    def judge_batch(self, items: list[tuple[str, str, str]]) -> list[Judgement]:
+        """Judge (value, question, answer) triples together (batched MiniLM and perplexity)."""
+        answers = [a.strip() or "." for _v, _q, a in items]
+        emb = self.encoder.encode(answers)
+        probs = [float(self.classifiers[v].prob(emb[i][None])[0])
+                 for i, (v, _q, _a) in enumerate(items)]
+        ppls = reply_perplexities(self.lm, [(q, a) for _v, q, a in items])
+        return [Judgement(Verdict(p >= VALUE_THRESHOLD, f"p={p:.3f}", p),
+                          self._fluency_verdict(a, ppl))
+                for p, ppl, (_v, _q, a) in zip(probs, ppls, items)]
 
     def describe(self) -> dict[str, Any]:
         per_value = {v: {"cv_accuracy": round(c.cv_accuracy, 4),

@@ -130,6 +130,24 @@ def test_offline_judge_calls_broken_text_not_fluent(offline_judge: OfflineJudge)
     assert offline_judge.judge("benevolence", QUESTION, "").fluency.label is False
 
 
+def test_offline_judge_in_batches_equals_one_at_a_time(offline_judge: OfflineJudge,
+                                                       default_lm: LoadedModel) -> None:
+    from conva_mlx.judges import reply_perplexities, reply_perplexity
+
+    items = [("benevolence", QUESTION, KIND), ("benevolence", "Hi?", ""),
+             ("benevolence", "What should I do this weekend?", SELFISH),
+             ("benevolence", QUESTION, "help help help your friend friend " * 8)]
+    batched = offline_judge.judge_batch(items)
+    for item, b in zip(items, batched):
+        a = offline_judge.judge(*item)
+        assert (b.value.label, b.fluency.label) == (a.value.label, a.fluency.label)
+        assert b.value.score == pytest.approx(a.value.score, abs=1e-5)
+    pairs = [(q, x) for _v, q, x in items if x]
+    together = reply_perplexities(default_lm, pairs)
+    alone = [reply_perplexity(default_lm, q, x) for q, x in pairs]
+    assert together == pytest.approx(alone, rel=1e-4)
+
+
 def test_offline_judge_reports_its_measured_agreement(offline_judge: OfflineJudge) -> None:
     d = offline_judge.describe()
     assert d["kind"] == "offline"
