@@ -311,8 +311,10 @@ def compute_metrics(opts: EvalOptions, items: list[EvalItem], gens: JsonlStore,
             used = [g["open"] for g in gates if g["used"]]
             norms = [float(gens.records[k]["delta_norm_mean"]) for k in ks
                      if gens.records[k].get("delta_norm_mean") is not None]
-            # How often the reply differs at all from the plain model's reply (same prompt).
-            plain = [gens.records.get(gen_key("none", it.value, it.prompt_id, False))
+            # How often the reply differs at all from the plain model's reply to the same
+            # prompt (same negative-prompt flag; None when `none` was not run that way).
+            plain = [gens.records.get(gen_key("none", it.value, it.prompt_id,
+                                              opts.negative_prompt))
                      for it in items if it.value == v]
             changed = [gens.records[k]["text"] != p["text"] for k, p in zip(ks, plain)
                        if p is not None]
