@@ -88,9 +88,10 @@ def plot_strength_sweep(curves: dict[str, list[dict[str, float | str]]], out: Pa
             xs = [float(p["delta"]) for p in points]
             ys = [float(p[metric]) for p in points]
             ax.plot(xs, ys, marker="o", label=method)
-            for x, y, p in zip(xs, ys, points):
+            for i, (x, y, p) in enumerate(zip(xs, ys, points)):
+                # alternate above / below so that close points keep readable labels
                 ax.annotate(str(p["label"]), (x, y), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
+                            xytext=(3, 6 if i % 2 == 0 else -12), fontsize=7)
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("mean |delta| per steered block")
         ax.set_ylabel(metric.upper())
