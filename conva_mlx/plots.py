@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -28,11 +29,7 @@ def plot_accuracy_by_layer(accuracies: dict[str, np.ndarray], selected: dict[str
     ax.set_title(title)
     ax.legend(ncol=2, fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_heatmap(matrix: np.ndarray, labels: list[str], out: Path, title: str,
@@ -46,11 +43,7 @@ def plot_heatmap(matrix: np.ndarray, labels: list[str], out: Path, title: str,
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_bars(table: dict[str, dict[str, float]], out: Path, title: str, ylabel: str) -> Path:
@@ -69,11 +62,7 @@ def plot_bars(table: dict[str, dict[str, float]], out: Path, title: str, ylabel:
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=3)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_strength_sweep(curves: dict[str, list[dict[str, float | str]]], out: Path) -> Path:
@@ -99,6 +88,11 @@ def plot_strength_sweep(curves: dict[str, list[dict[str, float | str]]], out: Pa
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    """Lay out, write the PNG atomically, and free the figure."""
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
