@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from conva_mlx.analysis import value_structure
@@ -83,3 +84,21 @@ def test_strength_sweep_plot_is_a_png(tmp_path: Path) -> None:
     out = plot_strength_sweep(curves, tmp_path / "sweep.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically
+
+
+def test_strength_sweep_tool_runs_end_to_end(small_pack_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "strength_sweep.py"
+    out = tmp_path / "sweep"
+    monkeypatch.setattr(sys, "argv", [
+        str(tool), "--pack", str(small_pack_dir), "--out", str(out), "--values", "power",
+        "--n", "2", "--p0", "0.9", "--caa", "1", "--max-tokens", "4"])
+    runpy.run_path(str(tool), run_name="__main__")
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["method"], r["label"], r["n"]) for r in rows] == [
+        ("conva-nogate", "P0=0.9", 2), ("caa", "x1", 2)]
+    assert rows[1]["delta"] > 0 and 0.0 <= rows[0]["csr"] <= 1.0
+    assert (out / "sweep.png").is_file() and "| caa | x1 |" in (out / "sweep.md").read_text()
