@@ -25,16 +25,16 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
 from .layers import BlockHook, hooked_blocks
-from .perturbation import minimal_delta, probe_probability
 from .steering import (
     GateReport,
     GenerationResult,
     GenOptions,
     LayerReport,
+    PromptModeMeasure,
     SteerConfig,
     SteeringSession,
     Target,
-    _LayerPlan,
+    _add_fixed,
     _norm,
 )
 
@@ -93,42 +93,6 @@ def _gate_scores(session: SteeringSession, batch: _Batch, gate_index: list[int]
     return cache, gate.scores(np.array(state["e"].astype(mx.float32)))
 
 
-def _measure(batch: _Batch, plans: list[_LayerPlan], rows_on: mx.array
-             ) -> tuple[list[BatchKVCache], dict[int, BlockHook], list[list[LayerReport]]]:
-    """Prompt mode for every row at once; rows with rows_on == 0 get delta 0."""
-    deltas: dict[int, mx.array] = {}
-    before: dict[int, mx.array] = {}
-    by_index = {p.index: p for p in plans}
-
-    def measure(k: int, h: mx.array) -> mx.array:
-        e = h[:, -1]
-        d = minimal_delta(e, by_index[k].cons) * rows_on[:, None].astype(h.dtype)
-        deltas[k], before[k] = d, e
-        return h + d[:, None, :]
-
-    cache = batch.prefill({p.index: measure for p in plans})
-    reports: list[list[LayerReport]] = [[] for _ in range(batch.size)]
-    on = np.array(rows_on).astype(bool)
-    for p in plans:
-        e, d = before[p.index], deltas[p.index]
-        pb = np.array(probe_probability(e, p.weights, p.biases))
-        pa = np.array(probe_probability(e + d, p.weights, p.biases))
-        norms = np.linalg.norm(np.array(d.astype(mx.float32)), axis=-1)
-        for i in np.flatnonzero(on):
-            reports[i].append(LayerReport(p.index, dict(zip(p.values, pb[i].tolist())),
-                                          dict(zip(p.values, pa[i].tolist())),
-                                          float(norms[i])))
-    hooks = {k: _add_rows(d) for k, d in deltas.items()}
-    return cache, hooks, reports
-
-
-def _add_rows(delta: mx.array) -> BlockHook:
-    """Add a (B, hidden) delta to every position of each row."""
-    def hook(_k: int, h: mx.array) -> mx.array:
-        return h + delta[:, None, :].astype(h.dtype)
-    return hook
-
-
 def _decode(session: SteeringSession, batch: _Batch, cache: list[BatchKVCache],
             hooks: dict[int, BlockHook], opts: GenOptions) -> list[list[int]]:
     """Feed the trimmed last prompt token, then decode until EOS or max_tokens per row."""
@@ -172,14 +136,15 @@ def _steer_prefill(session: SteeringSession, batch: _Batch, cfg: SteerConfig,
                  for s in scores]
     if cfg.method == "caa":
         deltas = session._caa_deltas(cfg, targets)
-        hooks = {k: _add_rows(mx.broadcast_to(d, (batch.size, d.shape[-1])))
-                 for k, d in deltas.items()}
+        hooks = {k: _add_fixed(d) for k, d in deltas.items()}
         cache = batch.prefill(hooks)
         reports = [[LayerReport(k, {}, {}, _norm(d)) for k, d in sorted(deltas.items())]
                    for _ in range(batch.size)]
     elif cfg.method == "conva" and any(g.open for g in gates):
-        rows_on = mx.array([1.0 if g.open else 0.0 for g in gates])
-        cache, hooks, reports = _measure(batch, session._plan(cfg, targets), rows_on)
+        measure = PromptModeMeasure(session._plan(cfg, targets),
+                                    mx.array([1.0 if g.open else 0.0 for g in gates]))
+        cache = batch.prefill(measure.hooks())
+        hooks, reports = measure.generation_hooks(), measure.reports()
     elif cache is None:
         cache = batch.prefill({})
     return cache, gates, hooks, reports

@@ -433,35 +433,67 @@ class SteeringSession:
                              logits_out: list[mx.array] | None = None
                              ) -> tuple[list[Any], dict[int, BlockHook], list[LayerReport]]:
         """One pass, blocks in order: delta_l from the last token, added at all positions."""
-        deltas: dict[int, mx.array] = {}
-        before: dict[int, mx.array] = {}
-        by_index = {p.index: p for p in plans}
+        measure = PromptModeMeasure(plans)
+        cache = self._prefill(tokens, measure.hooks(), logits_out)
+        return cache, measure.generation_hooks(), measure.reports()[0]
 
-        def measure(k: int, h: mx.array) -> mx.array:
-            plan = by_index[k]
-            e = h[0, -1]
-            d = minimal_delta(e, plan.cons)
-            deltas[k] = d
-            before[k] = e
-            return h + d
 
-        hooks: dict[int, BlockHook] = {p.index: measure for p in plans}
-        cache = self._prefill(tokens, hooks, logits_out)
-        reports = []
-        for p in plans:
-            e, d = before[p.index], deltas[p.index]
-            pb = probe_probability(e, p.weights, p.biases)
-            pa = probe_probability(e + d, p.weights, p.biases)
-            mx.eval(pb, pa)
-            reports.append(LayerReport(
-                p.index, dict(zip(p.values, np.array(pb).tolist())),
-                dict(zip(p.values, np.array(pa).tolist())),
-                _norm(d)))
-        return cache, {k: _add_fixed(d) for k, d in deltas.items()}, reports
+class PromptModeMeasure:
+    """Prompt mode's measuring pass over a (B, L, hidden) batch (B = 1 for one prompt).
+
+    At each steered block, in order, delta_l comes from each row's last-token state (after
+    earlier blocks' deltas) and is added at every position of that row. Rows with
+    rows_on == 0 (their gate is closed) get delta 0, so they stay exactly unsteered."""
+
+    def __init__(self, plans: list[_LayerPlan], rows_on: mx.array | None = None) -> None:
+        self.plans = plans
+        self.rows_on = rows_on
+        self.deltas: dict[int, mx.array] = {}  # (B, hidden) per block
+        self.before: dict[int, mx.array] = {}  # (B, hidden) per block
+        self._by_index = {p.index: p for p in plans}
+
+    def hooks(self) -> dict[int, BlockHook]:
+        return {p.index: self._measure for p in self.plans}
+
+    def _measure(self, k: int, h: mx.array) -> mx.array:
+        e = h[:, -1]
+        d = minimal_delta(e, self._by_index[k].cons)
+        if self.rows_on is not None:
+            d = d * self.rows_on[:, None].astype(d.dtype)
+        self.deltas[k], self.before[k] = d, e
+        return h + d[:, None, :]
+
+    def generation_hooks(self) -> dict[int, BlockHook]:
+        """Hooks that keep adding each row's measured deltas at new positions."""
+        return {k: _add_rows(d) for k, d in self.deltas.items()}
+
+    def reports(self) -> list[list[LayerReport]]:
+        """Per row, one report per steered block (none for rows that were not steered)."""
+        rows = len(next(iter(self.deltas.values()))) if self.deltas else 0
+        on = (np.ones(rows, dtype=bool) if self.rows_on is None
+              else np.array(self.rows_on).astype(bool))
+        out: list[list[LayerReport]] = [[] for _ in range(rows)]
+        for p in self.plans:
+            e, d = self.before[p.index], self.deltas[p.index]
+            pb = np.array(probe_probability(e, p.weights, p.biases))
+            pa = np.array(probe_probability(e + d, p.weights, p.biases))
+            norms = np.linalg.norm(np.array(d.astype(mx.float32)), axis=-1)
+            for i in np.flatnonzero(on):
+                out[i].append(LayerReport(p.index, dict(zip(p.values, pb[i].tolist())),
+                                          dict(zip(p.values, pa[i].tolist())),
+                                          float(norms[i])))
+        return out
 
 
 def _norm(x: mx.array) -> float:
     return float(np.linalg.norm(np.array(x.astype(mx.float32))))
+
+
+def _add_rows(delta: mx.array) -> BlockHook:
+    """Add a (B, hidden) delta to every position of each row."""
+    def hook(_k: int, h: mx.array) -> mx.array:
+        return h + delta[:, None, :].astype(h.dtype)
+    return hook
 
 
 def _add_fixed(delta: mx.array) -> BlockHook:
