@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -43,6 +43,7 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 EVAL_METHODS: tuple[str, ...] = tuple(METHOD_SETTINGS)
 GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva")
 ANSWER_CUE = "Answer:"
+T = TypeVar("T")
 
 
 def steer_config(method: str, value: str, negative_prompt: bool = False,
@@ -171,20 +172,26 @@ class EvalContext:
     on_generation: Callable[[int], None] | None = None  # called after each saved generation
 
 
+def _batches(keyed: list[tuple[tuple[str, str], T]], size: int
+             ) -> list[tuple[tuple[str, str], list[T]]]:
+    """Group items by (method, value), keeping order, and cut each group into batches."""
+    groups: dict[tuple[str, str], list[T]] = {}
+    for key, item in keyed:
+        groups.setdefault(key, []).append(item)
+    return [(key, items[i:i + size]) for key, items in groups.items()
+            for i in range(0, len(items), size)]
+
+
 def _generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) -> JsonlStore:
     """Generate what is missing, a batch of prompts (same method and value) at a time."""
     store = JsonlStore(ctx.out / "generations.jsonl")
     todo = [(m, it) for m in opts.methods for it in items
             if gen_key(m, it.value, it.prompt_id, opts.negative_prompt) not in store]
-    groups: dict[tuple[str, str], list[EvalItem]] = {}
-    for m, it in todo:
-        groups.setdefault((m, it.value), []).append(it)
-    batches = [(m, v, its[i:i + opts.batch_size]) for (m, v), its in groups.items()
-               for i in range(0, len(its), opts.batch_size)]
+    batches = _batches([((m, it.value), it) for m, it in todo], opts.batch_size)
     gen = GenOptions(max_tokens=opts.max_tokens, temp=opts.temp, seed=opts.seed)
     done = 0
     with progress_bar(len(todo), "generate", opts.show_progress) as advance:
-        for method, value, chunk in batches:
+        for (method, value), chunk in batches:
             cfg = steer_config(method, value, opts.negative_prompt, opts.p0, opts.caa_coef)
             results = ctx.session.generate_batch([it.prompt for it in chunk], cfg, gen)
             for it, r in zip(chunk, results):
@@ -263,23 +270,18 @@ def _general_ability(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
             key = json.dumps(["mcq", m, q.id, value])
             if key not in store:
                 todo.append((key, m, q, value))
-    groups: dict[tuple[str, str], list[tuple[str, Any]]] = {}
-    for key, m, q, value in todo:
-        groups.setdefault((m, value), []).append((key, q))
+    batches = _batches([((m, value), (key, q)) for key, m, q, value in todo], opts.batch_size)
     with progress_bar(len(todo), "general ability", opts.show_progress) as advance:
-        for (m, value), group in groups.items():
-            for i in range(0, len(group), opts.batch_size):
-                chunk = group[i:i + opts.batch_size]
-                scored = ctx.session.next_token_logits_batch(
-                    [q.as_prompt() for _, q in chunk], steer_config(m, value, p0=opts.p0),
-                    ANSWER_CUE)
-                for (key, q), (logits, gate) in zip(chunk, scored):
-                    pred = mcq_answer(logits, letters)
-                    store.append({"key": key, "method": m, "mcq": q.id, "value": value,
-                                  "pred": pred, "answer": q.answer,
-                                  "correct": pred == q.answer,
-                                  "gate_open": gate.open if gate.used else None})
-                advance(len(chunk))
+        for (m, value), chunk in batches:
+            scored = ctx.session.next_token_logits_batch(
+                [q.as_prompt() for _, q in chunk], steer_config(m, value, p0=opts.p0),
+                ANSWER_CUE)
+            for (key, q), (logits, gate) in zip(chunk, scored):
+                pred = mcq_answer(logits, letters)
+                store.append({"key": key, "method": m, "mcq": q.id, "value": value,
+                              "pred": pred, "answer": q.answer, "correct": pred == q.answer,
+                              "gate_open": gate.open if gate.used else None})
+            advance(len(chunk))
     out: dict[str, Any] = {}
     for m in methods:
         recs = [store.records[json.dumps(["mcq", m, q.id, opts.values[i % len(opts.values)]])]
