@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from conva_mlx.errors import ConvaError
 from conva_mlx.evaluate import EvalContext, EvalOptions, JsonlStore, run_eval
 from conva_mlx.fsutil import atomic_write_json, atomic_write_text
 from conva_mlx.judges import OfflineJudge
@@ -92,4 +93,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConvaError as exc:  # user errors: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
