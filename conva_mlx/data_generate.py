@@ -190,7 +190,7 @@ def read_existing(path: Path, value: str) -> list[dict[str, Any]]:
                 f.truncate(cut)
         raw = raw + b"\n" if complete else raw[:cut]
     records = []
-    for lineno, rec, problem in parse_jsonl(raw.decode("utf-8").splitlines()):
+    for lineno, rec, problem in parse_jsonl(raw.splitlines()):
         if rec is None:
             raise ConvaError(f"{path}:{lineno}: {problem}")
         if not isinstance(rec.get("positive"), str):
@@ -202,10 +202,14 @@ def read_existing(path: Path, value: str) -> list[dict[str, Any]]:
     return records
 
 
-def _append(f: Any, record: dict[str, Any]) -> None:
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+def _append(path: Path, record: dict[str, Any]) -> None:
+    """One whole line per record, synced; the file is created by its first record, so a
+    run that fails before producing anything (server down) leaves no empty file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------- prompts
@@ -360,10 +364,8 @@ def generate_pairs(config: GenerateConfig, *, sleep: Sleep = time.sleep,
     recent = [str(r["positive"]) for r in existing]
     blocks = Counter(str(r.get("block", "")) for r in existing)
     number = max((_id_number(r) for r in existing), default=0)
-    config.out.parent.mkdir(parents=True, exist_ok=True)
     stale = 0
-    with open(config.out, "a", encoding="utf-8") as f, \
-            progress_bar(remaining, f"{value} pairs", show_progress, progress) as advance:
+    with progress_bar(remaining, f"{value} pairs", show_progress, progress) as advance:
         while report.written < remaining:
             block = _next_block(blocks)
             want = min(config.batch_size, remaining - report.written)
@@ -393,9 +395,10 @@ def generate_pairs(config: GenerateConfig, *, sleep: Sleep = time.sleep,
                     report.rejected[reason] = report.rejected.get(reason, 0) + 1
                     continue
                 number += 1
-                _append(f, {"id": f"{value}-gen-{number:03d}", "value": value, "block": block,
-                            "setting": setting or SETTINGS[number % len(SETTINGS)],
-                            "positive": positive, "negative": negative})
+                _append(config.out, {
+                    "id": f"{value}-gen-{number:03d}", "value": value, "block": block,
+                    "setting": setting or SETTINGS[number % len(SETTINGS)],
+                    "positive": positive, "negative": negative})
                 seen.append(tokens)
                 recent.append(positive)
                 blocks[block] += 1

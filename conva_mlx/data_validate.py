@@ -186,7 +186,7 @@ def _read(root: Path, rel: str, report: ValidationReport) -> list[_Record] | Non
         report.error(rel, "missing file")
         return None
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, data, problem in parse_jsonl(f):
             if data is None:
                 report.error(f"{rel}:{lineno}", problem)

@@ -65,15 +65,29 @@ class MCQ:
         return "\n".join(lines) + "\nAnswer with the letter of the correct option."
 
 
-def parse_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """For each non-blank line: (line number, record, "") or (line number, None, problem)."""
-    for lineno, line in enumerate(lines, 1):
+def parse_jsonl(lines: Iterable[bytes | str]
+                ) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """For each non-blank line: (line number, record, "") or (line number, None, problem).
+
+    Lines may be bytes (files opened in binary), so that bytes that are not UTF-8 become
+    a problem on their line rather than an exception for the whole file.
+    """
+    for lineno, raw in enumerate(lines, 1):
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, None, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at " \
+                                    f"column {exc.start + 1})"
+                continue
+        else:
+            line = raw
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield lineno, None, f"not valid JSON ({exc.msg})"
+            yield lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
             continue
         if not isinstance(record, dict):
             yield lineno, None, "expected a JSON object"
@@ -85,7 +99,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record); a malformed line is an error naming file and line."""
     if not path.is_file():
         raise ConvaError(f"{path}: no such data file")
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, record, problem in parse_jsonl(f):
             if record is None:
                 raise ConvaError(f"{path}:{lineno}: {problem}")

@@ -6,3 +6,13 @@ class ConvaError(Exception):
 
     The CLI prints its message on one line and exits non-zero, without a traceback.
     """
+
+
+class ConvaWarning(UserWarning):
+    """Something a user should know that does not stop the work (the CLI prints it once)."""
+
+
+def warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, ConvaWarning, stacklevel=3)

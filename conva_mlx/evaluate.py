@@ -76,6 +76,18 @@ class EvalItem:
     prompt: str
 
 
+def prompt_file_values(prompts_file: Path) -> list[str]:
+    """The values a --prompts file names, in order of first use."""
+    seen: dict[str, None] = {}
+    for lineno, r in read_jsonl(Path(prompts_file)):
+        if not r.get("value"):
+            raise ConvaError(f"{prompts_file}:{lineno}: needs 'value' and 'prompt'")
+        seen[check_value(str(r["value"]))] = None
+    if not seen:
+        raise ConvaError(f"{prompts_file}: no prompts")
+    return list(seen)
+
+
 def load_items(values: list[str], n: int | None = None, prompts_file: Path | None = None,
                data: ValueData | None = None) -> list[EvalItem]:
     """Held-out test prompts per value (at most n each)."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .errors import ConvaError
 
 
 def cache_dir() -> Path:
@@ -72,3 +76,114 @@ def sha256_text(*parts: str) -> str:
         h.update(p.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """A kind of directory conva-mlx writes: how to recognise it and which files are its own.
+
+    Replacing an output (with --force) only ever touches `own` files; anything else a user
+    keeps in the directory stays.
+    """
+
+    name: str  # "vector pack"
+    manifest: str  # the file that marks the directory as this kind; written last
+    own: tuple[str, ...]  # glob patterns of the files this kind consists of
+
+
+def _describe_os_error(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_output_dir(path: str | os.PathLike[str], kind: OutputKind, force: bool = False) -> Path:
+    """Refuse an output directory that would lose data; prove that it is writable.
+
+    Allowed: a missing or empty directory, or (with `force`) one that already holds the
+    same kind of output. Called before long work, so a bad --out fails in a second.
+    """
+    out = Path(path).expanduser()
+    if out.is_symlink() and not out.exists():
+        raise ConvaError(f"{out}: is a broken symbolic link; choose another output directory")
+    if out.exists() and not out.is_dir():
+        raise ConvaError(f"{out}: exists and is not a directory; choose another output path")
+    if out.is_dir():
+        try:
+            entries = [p.name for p in out.iterdir()]
+        except OSError as exc:
+            raise ConvaError(f"{out}: cannot read ({_describe_os_error(exc)})") from exc
+        if entries and not (out / kind.manifest).is_file():
+            found = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+            raise ConvaError(f"{out}: is not empty and does not hold a {kind.name} (found "
+                             f"{found}); choose a new or empty directory (nothing was written)")
+        if entries and not force:
+            raise ConvaError(f"{out}: already holds a {kind.name}; pass --force to replace it "
+                             "(files that are not part of it are kept)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ConvaError(f"{out}: cannot write here ({_describe_os_error(exc)})") from exc
+    return out
+
+
+def _own_files(folder: Path, kind: OutputKind) -> set[str]:
+    return {p.name for pattern in kind.own for p in folder.glob(pattern) if p.is_file()}
+
+
+def commit_output_dir(staged: Path, out: Path, kind: OutputKind) -> None:
+    """Move a fully written staging directory to `out`.
+
+    A new or empty `out` is replaced in one rename. An existing output of the same kind
+    gets each new file by rename (the manifest last, so a crash leaves the old manifest,
+    whose checksums then refuse the mix), loses only its own stale files, keeps the rest.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staged, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual directory mode
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(staged, out)
+        return
+    new = {p.name for p in staged.iterdir() if p.is_file()}
+    stale = _own_files(out, kind) - new
+    for name in sorted(new - {kind.manifest}):
+        os.replace(staged / name, out / name)
+    for name in sorted(stale - {kind.manifest}):
+        (out / name).unlink()
+    os.replace(staged / kind.manifest, out / kind.manifest)
+
+
+@contextmanager
+def staged_output_dir(path: str | os.PathLike[str], kind: OutputKind,
+                      force: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory beside `path`; on success it becomes `path`.
+
+    On any error nothing at `path` has changed and the staging directory is removed.
+    """
+    out = check_output_dir(path, kind, force)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staged
+        commit_output_dir(staged, out, kind)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged)
+
+
+def check_output_file(path: str | os.PathLike[str], force: bool = False) -> Path:
+    """Refuse to overwrite an existing file without `force`; prove the folder is writable."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ConvaError(f"{out}: is a directory; give a file name")
+    if out.exists() and not force:
+        raise ConvaError(f"{out}: already exists; pass --force to overwrite it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConvaError(f"{out}: cannot write here ({_describe_os_error(exc)})") from exc
+    return out

@@ -9,9 +9,6 @@ Layer k of the GGUF (`blk.k`) becomes `model.layers.k` (output of decoder block 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,16 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import ConvaError
+from .fsutil import OutputKind, check_output_dir, staged_output_dir
 from .gguf_reader import GGUFHeader, check_supported_types, read_gguf_header
 from .gguf_tokenizer import write_tokenizer_files
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# What an imported model directory consists of; config.json marks it and is written last.
+MODEL_OUTPUT = OutputKind("model directory", "config.json",
+                          ("config.json", "model.safetensors", "model-*.safetensors",
+                           "model.safetensors.index.json", "tokenizer.json",
+                           "tokenizer_config.json"))
 GROUP_SIZE = 32
 
 _BLOCK_NAMES = {
@@ -155,11 +158,16 @@ def import_gguf(
     gguf_path: str | Path,
     out_dir: str | Path,
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Convert a GGUF file into an mlx-lm model directory at `out_dir` (atomically)."""
+    """Convert a GGUF file into an mlx-lm model directory at `out_dir` (atomically).
+
+    An existing model directory at `out_dir` is replaced only with `overwrite` (its other
+    files are kept); any other non-empty directory, or a file, is refused untouched.
+    """
     header = read_gguf_header(gguf_path)
     _check_importable(header)
-    out = Path(out_dir)
+    out = check_output_dir(out_dir, MODEL_OUTPUT, overwrite)
     if progress:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(header.tensor_type_counts().items()))
         progress(f"{header.architecture}, {len(header.tensors)} tensors ({counts})")
@@ -175,16 +183,8 @@ def import_gguf(
         config["quantization_config"] = config["quantization"]
     config["conva_source"] = {"gguf": header.path.name,
                               "file_type": header.metadata.get("general.file_type")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_output_dir(out, MODEL_OUTPUT, overwrite) as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         write_tokenizer_files(header, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import ConvaError
 from .fsutil import sha256_file
+from .gguf_reader import read_gguf_header
 from .loading import LoadedModel
 from .pack import DEFAULT_P0, ModelInfo, Pack, ValueEntry
 from .probes import ProbeSet
@@ -55,6 +56,7 @@ def read_control_vector(path: str | Path) -> ControlVectorFile:
     p = Path(path)
     if not p.is_file():
         raise ConvaError(f"{p}: no such file")
+    read_gguf_header(p)  # strict: names a truncated or non-GGUF file plainly
     try:
         reader = gguf.GGUFReader(str(p))
     except (ValueError, OSError, KeyError, IndexError) as exc:

@@ -41,6 +41,13 @@ class LoadedModel:
     num_layers: int
     hidden_size: int
     dtype: str
+    context_length: int = 0  # max_position_embeddings; 0 = not stated by the config
+
+    def check_prompt_length(self, n_tokens: int) -> None:
+        """Refuse a prompt the model cannot attend over, before any work is done."""
+        if self.context_length and n_tokens > self.context_length:
+            raise ConvaError(f"the prompt is {n_tokens} tokens, longer than the model's "
+                             f"context of {self.context_length} tokens; shorten it")
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """Render messages with the model's chat template, ready for generation."""
@@ -161,6 +168,11 @@ def load_model(spec: str = "default", dtype: str = "auto") -> LoadedModel:
             str(path), return_config=True)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise ConvaError(f"could not load model from {path}: {exc}") from exc
+    # We check prompt length against the model's context ourselves (check_prompt_length);
+    # without this, transformers warns about long texts before our message can say so.
+    hf_tokenizer = getattr(tokenizer, "_tokenizer", None)
+    if hf_tokenizer is not None and hasattr(hf_tokenizer, "model_max_length"):
+        hf_tokenizer.model_max_length = 1 << 40
     chosen = choose_dtype(dtype, model)
     apply_dtype(model, chosen)
     from .layers import find_blocks
@@ -175,4 +187,5 @@ def load_model(spec: str = "default", dtype: str = "auto") -> LoadedModel:
         num_layers=len(find_blocks(model)),
         hidden_size=int(config.get("hidden_size", 0)),
         dtype=chosen,
+        context_length=int(config.get("max_position_embeddings") or 0),
     )

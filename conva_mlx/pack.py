@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import ConvaError
-from .fsutil import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from .errors import ConvaError, warn
+from .fsutil import OutputKind, atomic_write_json, sha256_file, staged_output_dir
 from .gate import Gate, GateMetrics
+from .pack_schema import Fields, check_checksum, check_value_name
 from .probes import ProbeSet
 
 FORMAT_VERSION = 1
@@ -122,12 +123,23 @@ def pack_to_json(pack: Pack) -> dict[str, Any]:
     }
 
 
-def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None) -> Path:
-    """Write the pack atomically, file by file; pack.json (with checksums) is written last."""
+PACK_OUTPUT = OutputKind("vector pack", PACK_JSON,
+                         (PACK_JSON, VECTORS, README, "probe_accuracy.png", "similarity.png"))
+
+
+def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
+              overwrite: bool = False) -> Path:
+    """Write the pack into `out_dir`: staged beside it, then moved in (pack.json last).
+
+    An existing pack at `out_dir` is replaced only with `overwrite` (files that are not
+    part of a pack are kept); any other non-empty directory is refused.
+    """
     from safetensors.numpy import save_file
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .model_card import render_model_card
+
+    out = Path(out_dir).expanduser()
+    pack_id = uuid.uuid4().hex  # binds vectors.safetensors to this pack.json
     tensors: dict[str, np.ndarray] = {}
     for name, v in pack.values.items():
         tensors.update(_probe_tensors(name, v.probes))
@@ -136,43 +148,37 @@ def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None) -> Pat
     if pack.gate is not None:
         tensors["gate.weight"] = pack.gate.weight
     tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in tensors.items()}
-    with atomic_path(out / VECTORS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "conva-mlx-pack"})
-    from .model_card import render_model_card
-
-    atomic_write_text(out / README, readme if readme is not None else render_model_card(pack))
-    meta = pack_to_json(pack)
-    meta["files"] = {VECTORS: sha256_file(out / VECTORS)}
-    atomic_write_json(out / PACK_JSON, meta)
+    with staged_output_dir(out, PACK_OUTPUT, overwrite) as tmp:
+        save_file(tensors, str(tmp / VECTORS),
+                  metadata={"format": "conva-mlx-pack", "pack_id": pack_id,
+                            "model_fingerprint": pack.model.fingerprint})
+        (tmp / README).write_text(readme if readme is not None else render_model_card(pack),
+                                  encoding="utf-8")
+        meta = pack_to_json(pack)
+        meta["pack_id"] = pack_id
+        meta["files"] = {VECTORS: sha256_file(tmp / VECTORS)}
+        atomic_write_json(tmp / PACK_JSON, meta)
     return out
 
 
-_REQUIRED_KEYS = ("format_version", "model", "values")
-_MODEL_KEYS = ("model_id", "fingerprint", "architecture", "hidden_size", "num_layers")
-
-
-def _require(d: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise ConvaError(f"{where}: missing key(s) {', '.join(missing)}")
+_PROBE_PARTS = ("weight", "bias", "accuracy", "train_accuracy", "caa")
 
 
 def _load_probe(t: dict[str, np.ndarray], prefix: str, where: str, hidden: int,
                 n_layers: int) -> ProbeSet:
-    keys = ("weight", "bias", "accuracy", "train_accuracy", "caa")
-    missing = [k for k in keys if f"{prefix}.{k}" not in t]
+    missing = [k for k in _PROBE_PARTS if f"{prefix}.{k}" not in t]
     if missing:
         raise ConvaError(f"{where}: tensors {', '.join(prefix + '.' + k for k in missing)} "
                          "are missing")
-    for k in keys:
+    shapes = {"weight": (n_layers, hidden), "caa": (n_layers, hidden)}
+    for k in _PROBE_PARTS:
         arr = t[f"{prefix}.{k}"]
+        want = shapes.get(k, (n_layers,))
+        if arr.shape != want:
+            raise ConvaError(f"{where}: {prefix}.{k} has shape {arr.shape}, expected {want}")
         if not np.isfinite(arr).all():
             raise ConvaError(f"{where}: tensor {prefix}.{k} contains NaN or infinite values")
-    w = t[f"{prefix}.weight"]
-    if w.shape != (n_layers, hidden):
-        raise ConvaError(f"{where}: {prefix}.weight has shape {w.shape}, "
-                         f"expected ({n_layers}, {hidden})")
-    return ProbeSet(w, t[f"{prefix}.bias"], t[f"{prefix}.accuracy"],
+    return ProbeSet(t[f"{prefix}.weight"], t[f"{prefix}.bias"], t[f"{prefix}.accuracy"],
                     t[f"{prefix}.train_accuracy"], t[f"{prefix}.caa"])
 
 
@@ -182,62 +188,148 @@ def read_pack_json(root: Path) -> dict[str, Any]:
     if not meta_file.is_file():
         raise ConvaError(f"{root}: not a vector pack (no {PACK_JSON})")
     try:
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConvaError(f"{meta_file}: not UTF-8 text (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
-        raise ConvaError(f"{meta_file}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+        raise ConvaError(f"{meta_file}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno})") from exc
+    except OSError as exc:
+        raise ConvaError(f"{meta_file}: cannot read ({exc.strerror})") from exc
     if not isinstance(meta, dict):
         raise ConvaError(f"{meta_file}: expected a JSON object")
     return meta
 
 
+_MODEL_KEYS = ("model_id", "fingerprint", "architecture", "hidden_size", "num_layers")
+
+
+def _model_info(meta: Fields) -> ModelInfo:
+    m = meta.sub("model")
+    m.require(*_MODEL_KEYS)
+    return ModelInfo(m.string("model_id"), m.string("fingerprint"), m.string("architecture"),
+                     m.integer("hidden_size", 1), m.integer("num_layers", 1))
+
+
+def read_pack_tensors(vec_file: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and the header metadata of a safetensors file, or one clear error."""
+    from safetensors import SafetensorError, safe_open
+
+    with open(vec_file, "rb") as f:
+        head = f.read(9)
+    # A safetensors file starts with a little-endian u64 header length, then '{'.
+    if len(head) < 9 or head[8:9] != b"{":
+        raise ConvaError(f"{vec_file}: not a safetensors file (it does not start with a "
+                         "safetensors header)")
+    try:
+        with safe_open(str(vec_file), framework="numpy") as st:
+            header_meta = dict(st.metadata() or {})
+            tensors = {k: st.get_tensor(k) for k in st.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConvaError(f"{vec_file}: cannot read safetensors file ({exc})") from exc
+    return tensors, header_meta
+
+
+def _check_binding(meta: Fields, header_meta: dict[str, str], model: ModelInfo,
+                   vec_file: Path, expected_tensors: set[str],
+                   tensors: dict[str, np.ndarray]) -> None:
+    """The tensors must be this pack's: same pack id, model and tensor names."""
+    pack_id = meta.string("pack_id", "")
+    if pack_id and header_meta.get("pack_id") != pack_id:
+        raise ConvaError(f"{vec_file}: these tensors belong to another pack (pack id "
+                         f"{header_meta.get('pack_id') or 'none'}, pack.json says {pack_id})")
+    fp = header_meta.get("model_fingerprint")
+    if fp is not None and fp != model.fingerprint:
+        raise ConvaError(f"{vec_file}: these tensors were made for model fingerprint {fp}, "
+                         f"pack.json says {model.fingerprint}")
+    extra = sorted(set(tensors) - expected_tensors)
+    if extra:
+        raise ConvaError(f"{vec_file}: tensors {', '.join(extra[:4])} are not described by "
+                         f"{PACK_JSON} (the tensors file belongs to another pack)")
+    if not pack_id:
+        warn(f"{meta.where} has no pack_id, so its tensors are checked only by checksum "
+             f"and biases; run `conva-mlx pack verify --record {vec_file.parent}` to bind "
+             "them")
+
+
+def _check_recorded_biases(entry: Fields, probes: ProbeSet, where: str, vec_file: Path) -> None:
+    recorded = entry.numbers("biases", len(probes.biases))
+    if recorded is not None and not np.allclose(recorded, probes.biases, rtol=1e-5,
+                                                atol=1e-6):
+        raise ConvaError(f"{vec_file}: the probe biases do not match {where} (the tensors "
+                         "file belongs to another pack)")
+
+
 def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
     """Load and validate a pack directory; every problem is one clear ConvaError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     root = Path(path)
-    meta = read_pack_json(root)
-    where = str(root / PACK_JSON)
-    _require(meta, _REQUIRED_KEYS, where)
-    if meta["format_version"] > FORMAT_VERSION:
-        raise ConvaError(f"{where}: pack format {meta['format_version']} is newer than this "
+    meta = Fields(read_pack_json(root), str(root / PACK_JSON))
+    meta.require("format_version", "model", "values")
+    version = meta.integer("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise ConvaError(f"{meta.where}: pack format {version} is newer than this "
                          f"conva-mlx understands ({FORMAT_VERSION}); upgrade conva-mlx")
-    _require(meta["model"], _MODEL_KEYS, f"{where} (model)")
+    model = _model_info(meta)
     vec_file = root / VECTORS
     if not vec_file.is_file():
         raise ConvaError(f"{root}: {VECTORS} is missing")
-    expected = meta.get("files", {}).get(VECTORS)
-    if verify_checksums and expected and sha256_file(vec_file) != expected:
-        raise ConvaError(f"{vec_file}: checksum does not match pack.json (file changed or "
-                         "corrupt)")
-    try:
-        tensors = load_file(str(vec_file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConvaError(f"{vec_file}: cannot read safetensors file ({exc})") from exc
-    model = ModelInfo(**{k: meta["model"][k] for k in _MODEL_KEYS})
+    files = Fields(meta.obj.get("files") or {}, f"{meta.where} (files)")
+    if verify_checksums:
+        if not files.has(VECTORS):
+            raise ConvaError(f"{meta.where}: no checksum for {VECTORS} in 'files', so its "
+                             "tensors cannot be verified; if you trust this pack, run "
+                             f"`conva-mlx pack verify --record {root}`")
+        if sha256_file(vec_file) != check_checksum(files, VECTORS):
+            raise ConvaError(f"{vec_file}: checksum does not match pack.json (file changed "
+                             "or corrupt)")
+    tensors, header_meta = read_pack_tensors(vec_file)
+    value_meta = meta.sub("values")
+    expected: set[str] = set()
     values: dict[str, ValueEntry] = {}
-    for name, v in meta["values"].items():
-        _require(v, ("layers", "default_p0"), f"{where} (value {name})")
+    for name in value_meta.obj:
+        where = f"{meta.where} (value {name})"
+        check_value_name(name, meta.where)
+        v = value_meta.sub(name)
+        v.where = where
+        v.require("layers", "default_p0")
         probes = _load_probe(tensors, name, str(vec_file), model.hidden_size, model.num_layers)
+        _check_recorded_biases(v, probes, where, vec_file)
+        has_nocc = v.boolean("has_nocc")
         nocc = (_load_probe(tensors, f"{name}.nocc", str(vec_file), model.hidden_size,
-                            model.num_layers) if v.get("has_nocc") else None)
-        p0 = float(v["default_p0"])
-        if not 0 < p0 < 1 or math.isnan(p0):
-            raise ConvaError(f"{where}: value {name} has default_p0 {p0}, must be in (0, 1)")
-        values[name] = ValueEntry(name, probes, [int(k) for k in v["layers"]], p0,
-                                  str(v.get("selection", "")), nocc, v.get("fixed_scale"))
+                            model.num_layers) if has_nocc else None)
+        expected |= {f"{name}.{k}" for k in _PROBE_PARTS}
+        if has_nocc:
+            expected |= {f"{name}.nocc.{k}" for k in _PROBE_PARTS}
+        p0 = v.number("default_p0")
+        if not 0 < p0 < 1:
+            raise ConvaError(f"{where}: 'default_p0' is {p0}, must be in (0, 1)")
+        fixed = v.number("fixed_scale") if v.has("fixed_scale") else None
+        values[name] = ValueEntry(name, probes, v.layers("layers", model.num_layers), p0,
+                                  v.string("selection", ""), nocc, fixed)
     gate = None
-    if meta.get("gate"):
-        g = meta["gate"]
-        _require(g, ("layer", "bias", "threshold"), f"{where} (gate)")
+    if meta.has("gate"):
+        g = meta.sub("gate")
+        g.require("layer", "bias", "threshold")
         if "gate.weight" not in tensors:
             raise ConvaError(f"{vec_file}: tensor gate.weight is missing")
-        if not np.isfinite(tensors["gate.weight"]).all():
+        weight = tensors["gate.weight"]
+        if weight.shape != (model.hidden_size,):
+            raise ConvaError(f"{vec_file}: gate.weight has shape {weight.shape}, expected "
+                             f"({model.hidden_size},)")
+        if not np.isfinite(weight).all():
             raise ConvaError(f"{vec_file}: tensor gate.weight contains NaN or infinite values")
-        m = g.get("metrics") or {}
-        metrics = GateMetrics(**{k: m.get(k, 0) for k in GateMetrics.__dataclass_fields__})
-        gate = Gate(int(g["layer"]), tensors["gate.weight"], float(g["bias"]),
-                    float(g["threshold"]), metrics,
-                    {int(k): float(x) for k, x in g.get("layer_f1", {}).items()})
-    return Pack(model, values, gate, str(meta.get("dataset_hash", "")),
-                dict(meta.get("capture", {})), dict(meta.get("extra", {})))
+        expected.add("gate.weight")
+        m = Fields(g.object("metrics", {}), f"{g.where} (metrics)")
+        metrics = GateMetrics(m.number("precision", 0), m.number("recall", 0),
+                              m.number("f1", 0), m.number("false_open_rate", 0),
+                              int(m.number("n_related", 0)), int(m.number("n_unrelated", 0)))
+        layer_f1 = Fields(g.object("layer_f1", {}), f"{g.where} (layer_f1)")
+        try:
+            scores = {int(k): layer_f1.number(k) for k in layer_f1.obj}
+        except ValueError as exc:
+            raise ConvaError(f"{layer_f1.where}: keys must be block numbers") from exc
+        gate = Gate(g.integer("layer", 0, model.num_layers), weight, g.number("bias"),
+                    g.number("threshold"), metrics, scores)
+    _check_binding(meta, header_meta, model, vec_file, expected, tensors)
+    return Pack(model, values, gate, meta.string("dataset_hash", ""),
+                meta.object("capture", {}), meta.object("extra", {}))

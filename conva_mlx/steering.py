@@ -74,6 +74,12 @@ class SteerConfig:
     negative_prompt: bool = False  # prepend "You have low level of {value}..."
     layers: list[int] | None = None  # override the pack's per-value layers
 
+    def __post_init__(self) -> None:
+        toward = {t.value for t in self.targets if not t.away}
+        both = sorted(toward & {t.value for t in self.targets if t.away})
+        if both:
+            raise ConvaError(f"cannot steer both toward and away from {', '.join(both)}")
+
 
 @dataclass
 class GenOptions:
@@ -81,6 +87,14 @@ class GenOptions:
     temp: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConvaError(f"max tokens must be at least 1, got {self.max_tokens}")
+        if not self.temp >= 0:  # also refuses NaN
+            raise ConvaError(f"temperature must be >= 0, got {self.temp}")
+        if not 0 < self.top_p <= 1:
+            raise ConvaError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -281,6 +295,8 @@ class SteeringSession:
         """Validate the settings; return the resolved targets and the prompt's tokens."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        if not messages or not str(messages[-1].get("content", "")).strip():
+            raise ConvaError("the prompt is empty")
         if cfg.method not in METHODS:
             raise ConvaError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
         if cfg.mode not in MODES:
@@ -297,6 +313,7 @@ class SteeringSession:
         ids = list(self.lm.tokenizer.encode(prompt + reply_prefix))
         if len(ids) < 2:
             raise ConvaError("the prompt is empty")
+        self.lm.check_prompt_length(len(ids))
         # The gate was trained on the templated query's last token: read it there, not
         # after a reply prefix such as "Answer:".
         gate_index = len(ids) - 1

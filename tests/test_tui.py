@@ -281,3 +281,33 @@ def test_snapshot_help_screen(snap_compare: SnapCompare, default_lm: LoadedModel
     run_before: Callable[[Pilot[None]], Awaitable[None]] = open_help
     assert snap_compare(_snapshot_app(default_lm, pack, tmp_path), terminal_size=SIZE,
                         run_before=run_before)
+
+
+def test_a_message_sent_while_the_model_loads_is_sent_once_it_is_ready(
+        default_lm: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import tui.app
+
+    release = threading.Event()
+
+    def slow_load(spec: str, dtype: str) -> LoadedModel:
+        release.wait(30)
+        return default_lm
+
+    monkeypatch.setattr(tui.app, "load_model", slow_load)
+
+    async def scenario() -> None:
+        app = ChatApp(model_spec="default", state_dir=tmp_path / "state", max_tokens=4)
+        async with app.run_test(size=SIZE) as pilot:
+            app.query_one("#prompt").focus()
+            await pilot.press(*"What is 2+2?")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.session is None and app.pending_message == "What is 2+2?"
+            assert app.query_one("#prompt", Input).value == ""  # taken, not left behind
+            release.set()
+            await until(pilot, lambda: bool(app.turns) and app.busy is None, timeout=60)
+            assert app.turns[0].user == "What is 2+2?" and app.turns[0].reply
+            assert app.pending_message is None
+    run(scenario())

@@ -92,6 +92,7 @@ class ChatApp(App[None]):
         self.busy: str | None = None  # "generating" / "extracting" while MLX works
         self._stop = threading.Event()
         self.load_error: str | None = None
+        self.pending_message: str | None = None  # typed while the model was loading
 
     # ----- layout -------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -138,6 +139,9 @@ class ChatApp(App[None]):
 
     def _load_failed(self, message: str) -> None:
         self.load_error = message
+        if self.pending_message is not None:  # give the typed message back, unsent
+            self.query_one("#prompt", Input).value = self.pending_message
+            self.pending_message = None
         self.query_one("#loading").display = False
         self.query_one("#welcome", Static).update(f"{message}\n\nQuit with Ctrl+Q and start "
                                                   "again with another --model.")
@@ -160,6 +164,9 @@ class ChatApp(App[None]):
             self.action_choose_pack("No pack exists yet for this model. Extract one (a few "
                                     "minutes for all 10 values on a laptop CPU) or open one.")
         self._refresh_status()
+        if self.pending_message is not None:
+            text, self.pending_message = self.pending_message, None
+            self._submit(text)
 
     def use_pack(self, pack: Pack, path: Path | None, label: str | None = None) -> bool:
         """Steer with `pack`; a pack for another model is an error (the old one stays)."""
@@ -255,14 +262,27 @@ class ChatApp(App[None]):
         text = event.value.strip()
         if not text:
             return
+        if self.load_error:
+            self.notify(self.load_error, severity="error")
+            return
         if self.session is None:
-            self.notify(self.load_error or "the model is still loading",
-                        severity="error" if self.load_error else "warning")
+            # Keep the message and send it the moment the model is ready.
+            event.input.clear()
+            self.pending_message = text
+            self.query_one("#welcome", Static).update(
+                f"Loading model '{self.model_spec}'…\n\nYour message will be sent when the "
+                f"model is ready:\n> {text}")
+            self.notify("the model is still loading: your message will be sent when it is "
+                        "ready")
             return
         if self.busy:
             self.notify(f"wait: {self.busy} (Esc stops a reply)", severity="warning")
             return
         event.input.clear()
+        self._submit(text)
+
+    def _submit(self, text: str) -> None:
+        assert self.session is not None
         cfg = self.settings.steer_config()
         if self.session.pack.gate is None:
             cfg.gate = False

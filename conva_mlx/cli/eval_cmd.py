@@ -7,9 +7,17 @@ from pathlib import Path
 import click
 
 from ..errors import ConvaError
-from ..evaluate import EVAL_METHODS, EvalContext, EvalOptions, parse_methods, print_table, run_eval
+from ..evaluate import (
+    EVAL_METHODS,
+    EvalContext,
+    EvalOptions,
+    parse_methods,
+    print_table,
+    prompt_file_values,
+    run_eval,
+)
 from ..judges import Judge, OfflineJudge, OpenAIJudge
-from ..steering import SteeringSession
+from ..steering import GenOptions, SteeringSession
 from ..values import parse_values
 from .options import log, model_option
 from .packs import load_model_for_pack, resolve_pack_path
@@ -18,8 +26,9 @@ from .packs import load_model_for_pack, resolve_pack_path
 @click.command("eval")
 @click.option("--pack", "pack_spec", required=True, help="Pack directory or hf://REPO_ID.")
 @model_option
-@click.option("--values", "values_spec", default="all", show_default=True,
-              help="'all' or a comma-separated list of values.")
+@click.option("--values", "values_spec", default=None,
+              help="'all' or a comma-separated list of values (default: all, or the values "
+                   "the --prompts file names).")
 @click.option("--methods", "methods_spec", default=",".join(EVAL_METHODS), show_default=True,
               help="Comma-separated: " + ", ".join(EVAL_METHODS) + ".")
 @click.option("--negative-prompt", is_flag=True,
@@ -47,7 +56,7 @@ from .packs import load_model_for_pack, resolve_pack_path
 @click.option("--mcq-n", type=int, default=None, help="At most N multiple-choice questions.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True)
-def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
+def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str | None,
                  methods_spec: str, negative_prompt: bool, prompts_file: Path | None,
                  n: int | None, judge_kind: str, judge_base_url: str | None, judge_model: str,
                  judge_api_key_env: str, max_tokens: int, p0: float | None,
@@ -56,8 +65,12 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str,
     """Evaluate steering methods on held-out value dilemmas (resumable)."""
     from ..pack import load_pack
 
-    values = parse_values(values_spec)
+    if values_spec is None and prompts_file is not None:
+        values = prompt_file_values(prompts_file)
+    else:
+        values = parse_values(values_spec or "all")
     methods = parse_methods(methods_spec)
+    GenOptions(max_tokens=max_tokens, temp=temp, seed=seed)  # refuse bad settings up front
     if n is not None and n < 1:
         raise ConvaError("--n must be at least 1")
     if p0 is not None and not 0.5 <= p0 < 1.0:

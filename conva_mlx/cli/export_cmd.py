@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConvaError
+from ..fsutil import check_output_file
 from ..pack import save_pack
 from ..values import check_value
 from .options import log, model_option
@@ -36,9 +37,10 @@ def _target(out: str, into_dir: bool, fmt: str, value: str) -> Path:
 @click.option("--scale", type=float, default=None,
               help="GGUF only: use this strength at every layer instead of measuring the "
                    "mean minimal eps on the training sentences (no model needed).")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @model_option
 def export(pack_spec: str, value: str, fmt: str, out: str, p0: float | None,
-           scale: float | None, model_spec: str, dtype: str) -> None:
+           scale: float | None, force: bool, model_spec: str, dtype: str) -> None:
     """Export one value of a pack for llama.cpp (GGUF control vector) and PyTorch.
 
     Layer k = output of decoder block k (0-based) = HF model.layers[k] = llama.cpp
@@ -53,8 +55,9 @@ def export(pack_spec: str, value: str, fmt: str, out: str, p0: float | None,
     pack = open_pack(pack_spec)
     entry = pack.value(value)
     formats = ["gguf", "safetensors", "torch"] if fmt == "all" else [fmt]
-    if fmt == "all":
-        Path(out).expanduser().mkdir(parents=True, exist_ok=True)
+    if fmt == "all" and Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise ConvaError(f"{out}: exists and is not a directory (--format all writes "
+                         "VALUE.gguf, VALUE.safetensors and VALUE.pt into a directory)")
     if "torch" in formats and fmt == "all":
         try:
             import torch  # noqa: F401
@@ -64,8 +67,10 @@ def export(pack_spec: str, value: str, fmt: str, out: str, p0: float | None,
     if entry.fixed_scale is not None and fmt == "all":
         formats = ["gguf"]
         log(f"'{value}' is an imported control vector: only the GGUF format applies")
+    targets = {f: check_output_file(_target(out, fmt == "all", f, value), force)
+               for f in formats}  # every path checked before any work
     for f in formats:
-        path = _target(out, fmt == "all", f, value)
+        path = targets[f]
         if f == "gguf":
             scales = None
             if entry.fixed_scale is None:
@@ -94,23 +99,27 @@ def export(pack_spec: str, value: str, fmt: str, out: str, p0: float | None,
 @click.option("--out", required=True, help="Directory of the new pack.")
 @click.option("--value", default=None,
               help="Value name (default: the file's conva.value metadata).")
+@click.option("--force", is_flag=True, help="Replace the pack already at --out.")
 def import_vector_cmd(file: str, model_spec: str, dtype: str, out: str,
-                      value: str | None) -> None:
+                      value: str | None, force: bool) -> None:
     """Import a llama.cpp / repeng control vector (GGUF) as a fixed-strength pack.
 
     Such a pack has no probe: no gate and no minimal eps. Steer with --method caa
     (--caa-coef scales it).
     """
+    from ..fsutil import check_output_dir
     from ..import_vector import IMPORTED_NOTE, import_vector
     from ..loading import load_model
+    from ..pack import PACK_OUTPUT
 
+    check_output_dir(out, PACK_OUTPUT, force)
     lm = load_model(model_spec, dtype)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pack = import_vector(file, lm, value)
     for w in caught:
         click.secho(f"warning: {w.message}", fg="yellow", err=True)
-    path = save_pack(pack, out)
+    path = save_pack(pack, out, overwrite=force)
     name = next(iter(pack.values))
     click.echo(f"wrote {path} (value {name}, blocks {pack.values[name].layers})")
     log(f"note: {IMPORTED_NOTE}")

@@ -10,9 +10,10 @@ from rich.table import Table
 
 from ..dataset import ValueData
 from ..extract import ExtractOptions, extract_pack
+from ..fsutil import check_output_dir
 from ..layers import parse_layers
 from ..loading import load_model
-from ..pack import DEFAULT_P0, Pack, save_pack
+from ..pack import DEFAULT_P0, PACK_OUTPUT, Pack, save_pack
 from ..plots import plot_accuracy_by_layer
 from ..values import parse_values
 from .options import log, model_option
@@ -49,11 +50,13 @@ def selection_notes(pack: Pack) -> list[str]:
 @click.option("--no-ablation", is_flag=True,
               help="Skip probes on the non-context-controlled data.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace the pack already at --out.")
 def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None,
             layers_spec: str | None, default_p0: float, no_gate: bool, no_ablation: bool,
-            out_dir: Path) -> None:
+            out_dir: Path, force: bool) -> None:
     """Extract value vectors and the gate into a vector pack."""
     values = parse_values(values_spec)
+    check_output_dir(out_dir, PACK_OUTPUT, force)  # before minutes of work, not after
     data = ValueData(data_dir)
     lm = load_model(model_spec, dtype)
     log(f"model {lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {lm.dtype}")
@@ -61,7 +64,7 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
                           default_p0=default_p0, with_nocc=not no_ablation,
                           with_gate=not no_gate)
     pack = extract_pack(lm, values, data, opts)
-    save_pack(pack, out_dir)
+    save_pack(pack, out_dir, overwrite=force)
     plot = plot_accuracy_by_layer({n: v.probes.accuracies for n, v in pack.values.items()},
                                   {n: v.layers for n, v in pack.values.items()},
                                   out_dir / "probe_accuracy.png",

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..steering import METHODS, MODES, GenOptions, SteerConfig, SteeringSession, Target
-from .options import model_option
+from .options import check_text, model_option
 from .packs import load_model_for_pack, open_pack
 
 
@@ -35,14 +35,16 @@ def generate(pack_spec: str, model_spec: str, dtype: str, values: tuple[str, ...
              caa_coef: float, negative_prompt: bool, max_tokens: int, temp: float,
              seed: int | None, as_json: bool, prompt: str) -> None:
     """Generate a reply to PROMPT, steered toward (or away from) values."""
-    pack = open_pack(pack_spec)
+    check_text(prompt, "the prompt")
+    # Settings first: a bad option fails in a second, not after loading the model.
     targets = [Target.parse(v) for v in values] + [Target.parse(v, away=True) for v in aways]
-    lm = load_model_for_pack(model_spec, dtype, pack)
-    session = SteeringSession(lm, pack)
     cfg = SteerConfig(targets=targets, method=method, mode=mode,  # type: ignore[arg-type]
                       gate=not no_gate, probes=probes, caa_coef=caa_coef,  # type: ignore[arg-type]
                       negative_prompt=negative_prompt)
     opts = GenOptions(max_tokens=max_tokens, temp=temp, seed=seed)
+    pack = open_pack(pack_spec)
+    lm = load_model_for_pack(model_spec, dtype, pack)
+    session = SteeringSession(lm, pack)
 
     def stream(text: str) -> None:
         sys.stdout.write(text)

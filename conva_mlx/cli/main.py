@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
+import warnings
 from typing import Any
 
 import click
 
 from .. import __version__
-from ..errors import ConvaError
+from ..errors import ConvaError, ConvaWarning
 
 # command name -> (module, attribute): modules are imported only when their command runs,
 # so `conva-mlx --help` and light commands do not pay for MLX, scikit-learn or Textual.
@@ -25,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "import-vector": ("export_cmd", "import_vector_cmd"),
     "push": ("hub_cmd", "push"),
     "pull": ("hub_cmd", "pull"),
+    "pack": ("pack_cmd", "pack_group"),
 }
 _HELP = {
     "models": "Prepare and import models.",
@@ -38,6 +41,7 @@ _HELP = {
     "import-vector": "Import a llama.cpp / repeng control vector as a pack.",
     "push": "Upload a pack to the Hugging Face Hub.",
     "pull": "Download a pack from the Hugging Face Hub (or the local cache).",
+    "pack": "Check a vector pack (files, fields, tensor binding).",
 }
 
 
@@ -62,14 +66,48 @@ class ConvaGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
         except ConvaError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(1)
+            _fail(str(exc))
+        except UnicodeEncodeError as exc:
+            # click hands undecodable argv bytes over as lone surrogates
+            if "surrogate" in str(exc.reason):
+                _fail("an argument is not valid UTF-8 text (check the prompt's encoding)")
+            raise
+        except OSError as exc:
+            # The file system said no (permissions, disk full, read-only, /proc...): that
+            # is the user's environment, not a bug, so one line and exit 1.
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}")
         except KeyboardInterrupt:
             click.secho("interrupted (finished work is saved)", fg="yellow", err=True)
             sys.exit(130)
+
+
+def _fail(message: str) -> None:
+    one_line = re.sub(r"\s*\n\s*", " ", message.strip())  # a wrapped library message
+    click.secho(f"error: {one_line}", fg="red", err=True)
+    sys.exit(1)
+
+
+_shown: set[str] = set()
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    """conva-mlx's own warnings as one yellow line each, once; others as Python prints them."""
+    if not issubclass(category, ConvaWarning):
+        _default_showwarning(message, category, filename, lineno, file, line)
+        return
+    text = str(message)
+    if text not in _shown:
+        _shown.add(text)
+        click.secho(f"warning: {text}", fg="yellow", err=True)
+
+
+_default_showwarning = warnings.showwarning
 
 
 @click.group(cls=ConvaGroup)

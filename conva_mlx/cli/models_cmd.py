@@ -26,7 +26,8 @@ def models_default() -> None:
 @click.argument("gguf_file", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="MLX model directory to create.")
-def models_import_gguf(gguf_file: Path, out_dir: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace the model directory already at --out.")
+def models_import_gguf(gguf_file: Path, out_dir: Path, force: bool) -> None:
     """Convert a Llama/Qwen2/Qwen3 GGUF (F32/F16/BF16/Q8_0/Q4_0/Q4_1) into an MLX directory."""
-    out = import_gguf(gguf_file, out_dir, progress=log)
+    out = import_gguf(gguf_file, out_dir, progress=log, overwrite=force)
     click.echo(str(out))

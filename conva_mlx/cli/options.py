@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..errors import ConvaError
 from ..loading import DTYPES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,3 +24,15 @@ def model_option(f: F) -> F:
 
 def log(message: str) -> None:
     click.secho(message, err=True, dim=True)
+
+
+def check_text(text: str, what: str) -> str:
+    """Command-line text must be real UTF-8 and not blank."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # undecodable argv bytes arrive as lone surrogates
+        raise ConvaError(f"{what} is not valid UTF-8 text (character {exc.start + 1}); "
+                         "check your terminal's encoding") from exc
+    if not text.strip():
+        raise ConvaError(f"{what} is empty")
+    return text

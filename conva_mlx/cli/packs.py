@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from ..errors import ConvaError
@@ -17,8 +18,18 @@ def resolve_pack_path(spec: str) -> Path:
             raise ConvaError("Hub support is not available") from exc
         return pull_pack(spec[len("hf://"):])
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise ConvaError(f"{path}: no such pack directory")
+    try:
+        path.resolve(strict=True)
+    except RuntimeError as exc:  # Python < 3.13 reports loops as RuntimeError
+        raise ConvaError(f"{path}: symbolic link loop") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConvaError(f"{path}: symbolic link loop") from exc
+        if path.is_symlink():
+            raise ConvaError(f"{path}: broken symbolic link") from exc
+        raise ConvaError(f"{path}: no such pack directory") from exc
+    if not path.is_dir():
+        raise ConvaError(f"{path}: not a directory (a pack is a directory with pack.json)")
     return path
 
 
