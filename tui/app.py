@@ -240,7 +240,7 @@ class ChatApp(App[None]):
         try:
             pack = extract_pack(self.lm, values, show_progress=False,
                                 stage=lambda n, d, t: self.call_from_thread(screen.stage, n, d, t))
-            save_pack(pack, out)
+            save_pack(pack, out, overwrite=True)  # the app's own pack folder for this model
         except Exception as exc:
             self.call_from_thread(self._extract_done, screen, None, f"extraction failed: {exc}")
             return
