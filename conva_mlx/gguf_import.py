@@ -28,6 +28,11 @@ MODEL_OUTPUT = OutputKind("model directory", "config.json",
                            "model.safetensors.index.json", "tokenizer.json",
                            "tokenizer_config.json"))
 GROUP_SIZE = 32
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+MLX_NATIVE_QUANT = {"Q8_0", "Q4_0", "Q4_1"}
+# Bits of the MLX affine re-quantization per GGUF type: at least the source's precision.
+REQUANT_BITS = {"Q2_K": 4, "Q3_K": 4, "Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5,
+                "Q5_K": 5, "Q6_K": 6, "Q8_0": 8}
 
 _BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
@@ -120,14 +125,51 @@ def _check_importable(header: GGUFHeader) -> None:
     check_supported_types(header)
 
 
-def gguf_to_mlx_weights(header: GGUFHeader) -> tuple[dict[str, mx.array], dict[str, Any]]:
-    """Read all tensors as mlx-lm parameters; return (weights, per-module quantization)."""
-    _check_importable(header)
+def dequantize_tensor(header: GGUFHeader, name: str) -> np.ndarray:
+    """One quantized tensor as float32, dequantized by the `gguf` package's numpy code."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    info = header.tensors[name]
+    raw = np.fromfile(header.path, dtype=np.uint8, count=info.n_bytes, offset=info.offset)
+    rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
+    try:
+        values = dequantize(raw.reshape(rows, -1), GGMLQuantizationType(info.type_id))
+    except (ValueError, NotImplementedError) as exc:
+        raise ConvaError(f"{header.path}: cannot dequantize {name} ({info.type_name}): {exc}"
+                         ) from exc
+    return np.asarray(values, dtype=np.float32).reshape(info.shape)
+
+
+def _requantized(header: GGUFHeader, name: str) -> tuple[mx.array, mx.array, mx.array, int]:
+    """A GGUF quantized tensor as MLX affine weights (group 32) with enough bits to hold it."""
+    bits = REQUANT_BITS[header.tensors[name].type_name]
+    w = mx.array(dequantize_tensor(header, name))
+    wq, scales, biases = mx.quantize(w, group_size=GROUP_SIZE, bits=bits)
+    mx.eval(wq, scales, biases)  # one tensor at a time: peak memory stays small
+    return wq, scales, biases, bits
+
+
+def _native_quantized(header: GGUFHeader) -> dict[str, mx.array]:
+    """Q8_0/Q4_0/Q4_1 tensors exactly as MLX reads them (files with no other quant type)."""
     try:
         loaded = mx.load(str(header.path))
     except Exception as exc:  # mlx raises RuntimeError / ValueError on corrupt data
         raise ConvaError(f"{header.path}: could not read GGUF tensor data ({exc})") from exc
     assert isinstance(loaded, dict)
+    return loaded
+
+
+def gguf_to_mlx_weights(header: GGUFHeader) -> tuple[dict[str, mx.array], dict[str, Any]]:
+    """Read all tensors as mlx-lm parameters; return (weights, per-module quantization).
+
+    Files whose quant types MLX reads itself (Q8_0, Q4_0, Q4_1) keep those weights bit for
+    bit. Any other quant type (K-quants, Q5_0, Q5_1) makes every quantized tensor go
+    through `gguf`'s dequantizer and MLX's affine quantizer, one tensor at a time.
+    """
+    _check_importable(header)
+    types = {t.type_name for t in header.tensors.values()} - FLOAT_TYPES
+    loaded = _native_quantized(header) if types <= MLX_NATIVE_QUANT else {}
     arch = header.architecture
     n_heads = int(header.arch_key("attention.head_count"))
     n_kv = int(header.arch_key("attention.head_count_kv", n_heads))
@@ -137,8 +179,12 @@ def gguf_to_mlx_weights(header: GGUFHeader) -> tuple[dict[str, mx.array], dict[s
         target = hf_name(name)
         module = target.rsplit(".", 1)[0]
         parts: dict[str, mx.array]
-        if info.type_name in ("F32", "F16", "BF16"):
+        if info.type_name in FLOAT_TYPES:
             parts = {target: _read_float_tensor(header, name)}
+        elif not loaded:
+            wq, scales, biases, bits = _requantized(header, name)
+            parts = {target: wq, f"{module}.scales": scales, f"{module}.biases": biases}
+            quant[module] = {"group_size": GROUP_SIZE, "bits": bits}
         else:
             base = name.rsplit(".", 1)[0] if name.endswith(".weight") else name
             parts = {target: loaded[name],

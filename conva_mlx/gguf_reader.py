@@ -49,7 +49,8 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     30: ("BF16", 1, 2),
 }
 
-SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 # GGUF metadata value types: id -> struct format (None = special handling)
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -191,6 +192,6 @@ def check_supported_types(header: GGUFHeader) -> None:
     if bad:
         raise ConvaError(
             f"{header.path}: tensor types {', '.join(bad)} are not supported "
-            f"(supported: {', '.join(SUPPORTED_TENSOR_TYPES)}; K-quants and IQ types cannot be "
-            "read by MLX: re-export the model as Q8_0, Q4_0, Q4_1, F16 or BF16)"
+            f"(supported: {', '.join(SUPPORTED_TENSOR_TYPES)}; IQ and other types are not: "
+            "use a Q4_K_M, Q5_K_M, Q6_K, Q8_0 or F16 file of the model)"
         )
