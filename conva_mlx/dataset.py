@@ -149,7 +149,9 @@ class ValueData:
                 for n, r in read_jsonl(path)]
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.root.rglob("*.jsonl"))
+        """The value-data files (judge/ holds labelled replies for judges, not value data)."""
+        return sorted(p for p in self.root.rglob("*.jsonl")
+                      if p.relative_to(self.root).parts[0] != "judge")
 
     def digest(self) -> str:
         """Hash of every data file, recorded in packs and eval results."""

@@ -230,15 +230,13 @@ def _judge_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem], gens:
     keys = [gen_key(m, it.value, it.prompt_id, opts.negative_prompt)
             for m in opts.methods for it in items]
     todo = [k for k in keys if json.dumps([judge.name, k]) not in store]
-    # Judges that can (the offline one) take a batch at a time; others one reply at a time.
-    batched = getattr(judge, "judge_batch", None)
-    step = opts.batch_size if batched is not None else 1
+    step = opts.batch_size
     with progress_bar(len(todo), "judge", opts.show_progress) as advance:
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
             triples = [(gens.records[k]["value"], gens.records[k]["prompt"],
                         gens.records[k]["text"]) for k in chunk]
-            verdicts = batched(triples) if batched is not None else [judge.judge(*triples[0])]
+            verdicts = judge.judge_batch(triples)
             for k, j in zip(chunk, verdicts):
                 store.append({"key": json.dumps([judge.name, k]), "judge": judge.name,
                               "generation": k, **j.as_dict()})
@@ -358,6 +356,19 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _judge_card_text(judge: dict[str, Any]) -> str:
+    """The judge card in one clause: kappa against the readers when it was measured."""
+    if judge.get("kappa") is not None:
+        return (f" (judge card: Cohen's kappa {judge['kappa']:.2f}, agreement "
+                f"{judge['agreement']:.2f} with careful readers on labelled replies, "
+                f"{judge.get('agreement_note', '')})")
+    if judge.get("agreement") is not None:
+        return (f" (value-judge agreement {judge['agreement']:.2f}: "
+                f"{judge.get('agreement_note', '')}; not measured on replies: run "
+                "`conva-mlx judge-check`)")
+    return " (no judge card: run `conva-mlx judge-check` for this judge)"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     table = results["values"]
     methods = list(results["mean"])
@@ -365,8 +376,7 @@ def render_markdown(results: dict[str, Any]) -> str:
              f"Model `{results['model']['id']}` (fingerprint {results['model']['fingerprint']}),"
              f" pack `{results['pack']['path']}`, dataset {results['dataset_hash']}; "
              f"judge `{results['judge'].get('name', results['judge']['kind'])}`"
-             + (f" (value-judge agreement {results['judge']['agreement']:.2f})"
-                if results["judge"].get("agreement") is not None else "") + ".",
+             + _judge_card_text(results["judge"]) + ".",
              "", "Cells: CSR / FR (control success rate / fluency rate), n = "
              + ", ".join(sorted({str(c['n']) for r in table.values() for c in r.values()}))
              + " prompts per value.", "",
@@ -425,9 +435,7 @@ def print_table(results: dict[str, Any]) -> None:
             g.add_row(m, _fmt(r["accuracy"]), str(r["n"]), _fmt(r["gate_open_rate"]))
         console.print(g)
     j = results["judge"]
-    if j.get("agreement") is not None:
-        console.print(f"value judge: {j.get('name', j['kind'])}, held-out agreement "
-                      f"{j['agreement']:.3f} ({j.get('agreement_note', '')})")
+    console.print(f"value judge: {j.get('name', j['kind'])}{_judge_card_text(j)}")
     unparse = sum(c["value_unparseable"] + c["fluency_unparseable"]
                   for r in results["values"].values() for c in r.values())
     if unparse:

@@ -111,6 +111,10 @@ class Judge(Protocol):
 
     def judge(self, value: str, question: str, answer: str) -> Judgement: ...
 
+    def judge_batch(self, items: list[tuple[str, str, str]]) -> list[Judgement]:
+        """(value, question, answer) triples; local judges run them as one batch."""
+        ...
+
     def describe(self) -> dict[str, Any]: ...
 
 
@@ -174,6 +178,9 @@ class OpenAIJudge:
         return Judgement(Verdict(parse_yes_no(raw_v), raw_v),
                          Verdict(parse_true_false(raw_f), raw_f))
 
+    def judge_batch(self, items: list[tuple[str, str, str]]) -> list[Judgement]:
+        return [self.judge(*item) for item in items]
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "openai", "model": self.model, "base_url": self.base_url,
                 "agreement": None,
@@ -233,6 +240,17 @@ def reply_perplexities(lm: LoadedModel, pairs: list[tuple[str, str]],
             nll = -float(picked_np[row, n_p - 1:n_p - 1 + n_a].mean())
             out[i] = math.exp(nll)
     return out
+
+
+def fluency_verdict(answer: str, ppl: float, ppl_threshold: float = PPL_THRESHOLD,
+                    repeat_threshold: float = REPEAT_THRESHOLD) -> Verdict:
+    """Fluent iff the reply is not empty, its perplexity is at most `ppl_threshold` and at
+    most `repeat_threshold` of its word 4-grams repeat earlier ones."""
+    if not answer.strip():
+        return Verdict(False, "empty", None)
+    rep = repeated_ngram_share(answer)
+    ok = ppl <= ppl_threshold and rep <= repeat_threshold
+    return Verdict(ok, f"ppl={ppl:.2f} repeat4={rep:.2f}", ppl)
 
 
 @dataclass
@@ -350,11 +368,7 @@ class OfflineJudge:
         return self._fluency_verdict(answer, reply_perplexity(self.lm, question, answer))
 
     def _fluency_verdict(self, answer: str, ppl: float) -> Verdict:
-        if not answer.strip():
-            return Verdict(False, "empty", None)
-        rep = repeated_ngram_share(answer)
-        ok = ppl <= self.ppl_threshold and rep <= self.repeat_threshold
-        return Verdict(ok, f"ppl={ppl:.2f} repeat4={rep:.2f}", ppl)
+        return fluency_verdict(answer, ppl, self.ppl_threshold, self.repeat_threshold)
 
     def judge(self, value: str, question: str, answer: str) -> Judgement:
         return self.judge_batch([(value, question, answer)])[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from .default_model import DEFAULT_MODEL_ID, ensure_default_model
 from .errors import ConvaError
 from .fsutil import cache_dir, sha256_file
 from .gguf_import import import_gguf
+from .wheel_models import WHEEL_MODELS, ensure_wheel_model
 
 DType = Literal["auto", "float32", "float16", "bfloat16", "quantized"]
 DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16", "quantized")
@@ -83,10 +85,17 @@ def _hub_to_path(repo_id: str) -> Path:
                          f"is not cached locally ({type(exc).__name__})") from exc
 
 
+def _log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def resolve_model_path(spec: str) -> tuple[Path, str]:
     """Turn a model spec into (local MLX directory, human-readable model id)."""
     if spec == "default":
         return ensure_default_model(), DEFAULT_MODEL_ID
+    if spec in WHEEL_MODELS:
+        named = WHEEL_MODELS[spec]
+        return ensure_wheel_model(named, _log_to_stderr), named.model_id
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -98,7 +107,8 @@ def resolve_model_path(spec: str) -> tuple[Path, str]:
         return p, p.name
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return _hub_to_path(spec), spec
-    raise ConvaError(f"model '{spec}' not found: give 'default', a local MLX directory, "
+    raise ConvaError(f"model '{spec}' not found: give 'default', "
+                     f"{', '.join(repr(n) for n in WHEEL_MODELS)}, a local MLX directory, "
                      "a .gguf file or a Hugging Face repo id (owner/name)")
 
 

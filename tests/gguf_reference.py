@@ -1,7 +1,9 @@
-"""An independent numpy Llama forward pass computed directly from dequantized GGUF tensors.
+"""An independent numpy Llama / Qwen2 forward pass computed directly from dequantized
+GGUF tensors (the `gguf` package's dequantizer, float64 compute).
 
-It uses the tensors exactly as llama.cpp stores them (q/k rows permuted) with llama.cpp's
+Llama: the tensors exactly as llama.cpp stores them (q/k rows permuted) with llama.cpp's
 interleaved ("normal") RoPE, so it does not share the importer's un-permute logic.
+Qwen2: q/k/v biases and llama.cpp's NEOX RoPE (rotate the two halves of each head).
 """
 
 from __future__ import annotations
@@ -30,11 +32,34 @@ def _rope_interleaved(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
+def _rope_neox(x: np.ndarray, base: float) -> np.ndarray:
+    """x: (heads, T, hd); rotates (x[i], x[i + hd/2])."""
+    _, t, hd = x.shape
+    inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.arange(t)[:, None] * inv[None, :]
+    cos, sin = np.cos(ang), np.sin(ang)
+    x0, x1 = x[..., : hd // 2], x[..., hd // 2:]
+    return np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+
+
+def _project(h: np.ndarray, t: dict[str, np.ndarray], name: str, heads: int,
+             hd: int) -> np.ndarray:
+    """h @ W.T (+ bias, Qwen2), as (heads, T, head_dim)."""
+    y = h @ t[f"{name}.weight"].T + t.get(f"{name}.bias", 0.0)
+    return y.reshape(h.shape[0], heads, hd).transpose(1, 0, 2)
+
+
 def llama_reference_logits(path: Path, token_ids: list[int]) -> np.ndarray:
+    return reference_logits(path, token_ids)
+
+
+def reference_logits(path: Path, token_ids: list[int]) -> np.ndarray:
     import gguf
     from gguf.quants import dequantize
 
     header = read_gguf_header(path)
+    neox = header.architecture in ("qwen2", "qwen3")
+    rope = _rope_neox if neox else _rope_interleaved
     reader = gguf.GGUFReader(str(path))
     t = {}
     for tensor in reader.tensors:
@@ -52,10 +77,9 @@ def llama_reference_logits(path: Path, token_ids: list[int]) -> np.ndarray:
     for layer in range(n_layers):
         p = f"blk.{layer}."
         h = _rms_norm(x, t[p + "attn_norm.weight"], eps)
-        q = (h @ t[p + "attn_q.weight"].T).reshape(steps, nh, hd).transpose(1, 0, 2)
-        k = (h @ t[p + "attn_k.weight"].T).reshape(steps, nkv, hd).transpose(1, 0, 2)
-        v = (h @ t[p + "attn_v.weight"].T).reshape(steps, nkv, hd).transpose(1, 0, 2)
-        q, k = _rope_interleaved(q, base), _rope_interleaved(k, base)
+        q, k, v = (_project(h, t, p + name, heads, hd)
+                   for name, heads in (("attn_q", nh), ("attn_k", nkv), ("attn_v", nkv)))
+        q, k = rope(q, base), rope(k, base)
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         scores = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
         scores = np.exp(scores - scores.max(-1, keepdims=True))

@@ -40,6 +40,9 @@ class CountingJudge:
         self.calls += 1
         return Judgement(Verdict(len(answer) % 2 == 0, "stub"), Verdict(bool(answer), "stub"))
 
+    def judge_batch(self, items: list[tuple[str, str, str]]) -> list[Judgement]:
+        return [self.judge(*item) for item in items]
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "stub", "name": self.name, "agreement": None}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -13,8 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
+from conva_mlx.judge_check import (
+    SHIPPED_LABELS,
+    LabelledReply,
+    cohen_kappa,
+    judge_card,
+    load_labels,
+)
+from conva_mlx.judge_registry import judge_card_for
 from conva_mlx.judges import (
     OfflineJudge,
     OpenAIJudge,
@@ -23,6 +35,7 @@ from conva_mlx.judges import (
     repeated_ngram_share,
 )
 from conva_mlx.loading import LoadedModel
+from conva_mlx.stance_judge import StanceJudge
 
 # ----- parsers -----------------------------------------------------------------------------
 
@@ -219,3 +232,106 @@ def test_openai_judge_with_the_server_down_is_a_clear_error() -> None:
                         api_key_env="none", max_retries=1, backoff=0.01, timeout=2)
     with pytest.raises(ConvaError, match="failed after 2 tries"):
         judge.judge("benevolence", QUESTION, KIND)
+
+
+# ----- judge-check: judges measured against reader labels ---------------------------------
+
+# offline-v2's cross-validated kappa is 0.34 (its card); fail if it drops below this.
+STATED_KAPPA = 0.30
+
+
+def _write_labels(path: Path, labels: list[LabelledReply]) -> Path:
+    path.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in labels))
+    return path
+
+
+def test_cohen_kappa_matches_sklearn_and_its_edge_cases() -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(200) < 0.3, rng.random(200) < 0.25
+    assert cohen_kappa(list(a), list(b)) == pytest.approx(cohen_kappa_score(a, b))
+    assert cohen_kappa([True, False], [True, False]) == 1.0
+    assert cohen_kappa([False] * 5, [False] * 5) == 1.0  # one class, full agreement
+    assert cohen_kappa([False] * 9 + [True], [False] * 10) == 0.0  # "always no" is chance
+
+
+def test_judge_card_counts_every_method_and_the_confusion_matrix() -> None:
+    labels = [LabelledReply("power", "q", "r", y, f, m, f"p{i}")
+              for i, (y, f, m) in enumerate([(True, True, "a"), (False, True, "a"),
+                                             (True, False, "b"), (False, True, "b")])]
+    card = judge_card("j", labels, [True, True, False, False], [True, True, True, False], "x")
+    assert card.n == 4 and card.agreement == 0.5
+    assert card.confusion == {"judge_yes_label_yes": 1, "judge_yes_label_no": 1,
+                              "judge_no_label_yes": 1, "judge_no_label_no": 1}
+    assert card.per_method["a"] == {"n": 2, "judge_csr": 1.0, "label_csr": 0.5,
+                                    "judge_fr": 1.0, "label_fr": 1.0}
+    assert card.per_method["b"]["judge_fr"] == 0.5 and card.fluency_agreement == 0.5
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"value": "power", "question": "q", "reply": "r", "value_yes": "yes", "fluent": true}',
+     "'value_yes' must be true or false"),
+    ('{"value": "kindness", "question": "q", "reply": "r", "value_yes": true, "fluent": true}',
+     "unknown value 'kindness'"),
+    ('{"value": "power", "reply": "r", "value_yes": true, "fluent": true}',
+     "'question' must be a string"),
+])
+def test_bad_label_files_name_the_file_and_line(tmp_path: Path, line: str, message: str
+                                                ) -> None:
+    f = tmp_path / "labels.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(ConvaError, match=f"labels.jsonl:1: {message}"):
+        load_labels(f)
+
+
+@pytest.fixture(scope="module")
+def shipped_labels() -> list[LabelledReply]:
+    return load_labels()
+
+
+def test_the_shipped_labels_are_the_readers_file() -> None:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "judge-labels" / "replies.jsonl"
+    if shared.is_file():
+        assert shared.read_bytes() == SHIPPED_LABELS.read_bytes()
+    assert len(load_labels()) == 830
+
+
+def test_judge_check_cli_prints_the_card_as_json(tmp_path: Path,
+                                                 shipped_labels: list[LabelledReply]) -> None:
+    """On labels it was not trained on, offline-v2 applies its shipped head."""
+    few = _write_labels(tmp_path / "few.jsonl", [
+        dataclasses.replace(r, prompt_id=f"new-{i}")
+        for i, r in enumerate(shipped_labels[::83])])
+    result = CliRunner().invoke(cli, ["judge-check", "--labels", str(few), "--json"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout)
+    assert card["n"] == 10 and card["judge"] == "offline-v2"
+    for key in ("kappa", "agreement", "fluency_agreement", "per_method", "confusion"):
+        assert key in card
+    assert -1 <= card["kappa"] <= 1 and sum(card["confusion"].values()) == 10
+
+
+def test_judge_check_runs_the_openai_judge_against_a_real_server(
+        local_server: tuple[str, str], tmp_path: Path,
+        shipped_labels: list[LabelledReply]) -> None:
+    base_url, model = local_server
+    few = _write_labels(tmp_path / "few.jsonl", shipped_labels[:3])
+    result = CliRunner().invoke(cli, ["judge-check", "--labels", str(few), "--judge", "openai",
+                                      "--judge-base-url", base_url, "--judge-model", model,
+                                      "--judge-api-key-env", "none"])
+    assert result.exit_code == 0, result.output
+    assert "openai:" in result.stdout and "kappa" in result.stdout
+
+
+def test_the_shipped_stance_judge_holds_its_stated_agreement(
+        default_lm: LoadedModel, shipped_labels: list[LabelledReply]) -> None:
+    """Recomputed from scratch (features, grouped CV, fluency): the figures the card states."""
+    judge = StanceJudge(default_lm)
+    card = judge_card_for(judge, shipped_labels, SHIPPED_LABELS.name)
+    assert "cross-validated" in card.note
+    assert card.kappa >= STATED_KAPPA
+    assert card.kappa == pytest.approx(judge.card["kappa"], abs=1e-3)  # the card is honest
+    assert card.fluency_agreement >= 0.95
+    for m, row in card.per_method.items():
+        assert abs(row["judge_csr"] - row["label_csr"]) <= 0.1, m

