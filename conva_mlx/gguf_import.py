@@ -125,28 +125,53 @@ def _check_importable(header: GGUFHeader) -> None:
     check_supported_types(header)
 
 
-def dequantize_tensor(header: GGUFHeader, name: str) -> np.ndarray:
-    """One quantized tensor as float32, dequantized by the `gguf` package's numpy code."""
+def dequantize_tensor(header: GGUFHeader, name: str, rows: slice | None = None) -> np.ndarray:
+    """A quantized tensor (or a slice of its rows) as float32, by the `gguf` package's numpy
+    dequantizer."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     info = header.tensors[name]
-    raw = np.fromfile(header.path, dtype=np.uint8, count=info.n_bytes, offset=info.offset)
-    rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
+    n_rows = int(np.prod(info.shape[:-1])) if len(info.shape) > 1 else 1
+    row_bytes = info.n_bytes // n_rows
+    start, stop, _ = (rows or slice(None)).indices(n_rows)
+    raw = np.fromfile(header.path, dtype=np.uint8, count=(stop - start) * row_bytes,
+                      offset=info.offset + start * row_bytes)
     try:
-        values = dequantize(raw.reshape(rows, -1), GGMLQuantizationType(info.type_id))
+        values = dequantize(raw.reshape(stop - start, row_bytes),
+                            GGMLQuantizationType(info.type_id))
     except (ValueError, NotImplementedError) as exc:
         raise ConvaError(f"{header.path}: cannot dequantize {name} ({info.type_name}): {exc}"
                          ) from exc
-    return np.asarray(values, dtype=np.float32).reshape(info.shape)
+    shape = (stop - start, *info.shape[1:]) if rows is not None else info.shape
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+CHUNK_VALUES = 1 << 24  # weights dequantized at once (64 MB of float32): bounds peak memory
 
 
 def _requantized(header: GGUFHeader, name: str) -> tuple[mx.array, mx.array, mx.array, int]:
-    """A GGUF quantized tensor as MLX affine weights (group 32) with enough bits to hold it."""
-    bits = REQUANT_BITS[header.tensors[name].type_name]
-    w = mx.array(dequantize_tensor(header, name))
-    wq, scales, biases = mx.quantize(w, group_size=GROUP_SIZE, bits=bits)
-    mx.eval(wq, scales, biases)  # one tensor at a time: peak memory stays small
+    """A GGUF quantized tensor as MLX affine weights (group 32) with enough bits to hold it.
+
+    Large tensors (the 151,936-row embedding of Qwen2.5) go through in row chunks, so the
+    float32 copy never exists whole."""
+    info = header.tensors[name]
+    bits = REQUANT_BITS[info.type_name]
+    n_rows = info.shape[0]
+    step = max(1, CHUNK_VALUES // max(1, int(np.prod(info.shape[1:]))))
+    parts: list[tuple[mx.array, mx.array, mx.array]] = []
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(n_rows, start + step)) if len(info.shape) > 1 else None
+        w = mx.array(dequantize_tensor(header, name, rows))
+        q = mx.quantize(w, group_size=GROUP_SIZE, bits=bits)
+        mx.eval(*q)
+        parts.append((q[0], q[1], q[2]))
+        if rows is None:
+            break
+    if len(parts) == 1:
+        return (*parts[0], bits)
+    wq, scales, biases = (mx.concatenate([p[i] for p in parts]) for i in range(3))
+    mx.eval(wq, scales, biases)
     return wq, scales, biases, bits
 
 
