@@ -60,7 +60,8 @@ def _stance_cross_validated(judge: StanceJudge, labels: Sequence[LabelledReply])
 
 
 def _fluency_labels(judge: StanceJudge, labels: Sequence[LabelledReply]) -> list[bool | None]:
-    ppls = reply_perplexities(judge.lm, [(r.question, r.reply) for r in labels])
+    ppls = reply_perplexities(judge.lm, [(r.question, r.reply) for r in labels],
+                              show_progress=True)
     return [fluency_verdict(r.reply, p).label for r, p in zip(labels, ppls)]
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from .dataset import ValueData
 from .errors import ConvaError
 from .loading import LoadedModel
+from .progress import progress_bar
 from .values import VALUE_NAMES, load_values
 
 # ----- answer parsers ------------------------------------------------------------------
@@ -211,7 +212,7 @@ def reply_perplexity(lm: LoadedModel, question: str, answer: str) -> float:
 
 
 def reply_perplexities(lm: LoadedModel, pairs: list[tuple[str, str]],
-                       batch_size: int = 16) -> list[float]:
+                       batch_size: int = 16, show_progress: bool = False) -> list[float]:
     """`reply_perplexity` for many (question, answer) pairs, in right-padded batches.
 
     Right padding needs no mask: under causal attention a real token never sees the
@@ -225,21 +226,28 @@ def reply_perplexities(lm: LoadedModel, pairs: list[tuple[str, str]],
     out = [math.inf] * len(rows)
     todo = sorted((i for i, (_p, a) in enumerate(rows) if a),
                   key=lambda i: len(rows[i][0]) + len(rows[i][1]))
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
-        seqs = [rows[i][0] + rows[i][1] for i in idx]
-        width = max(len(q) for q in seqs)
-        ids = mx.array([q + [0] * (width - len(q)) for q in seqs])
-        logits = lm.model(ids).astype(mx.float32)
-        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        # logp at position t predicts token t + 1
-        picked = mx.take_along_axis(logp[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
-        picked_np = np.array(picked)
-        for row, i in enumerate(idx):
-            n_p, n_a = len(rows[i][0]), len(rows[i][1])
-            nll = -float(picked_np[row, n_p - 1:n_p - 1 + n_a].mean())
-            out[i] = math.exp(nll)
+    with progress_bar(len(todo), "reply perplexity", show_progress) as advance:
+        for start in range(0, len(todo), batch_size):
+            _perplexity_batch(lm, rows, todo[start:start + batch_size], out)
+            advance(len(todo[start:start + batch_size]))
     return out
+
+
+def _perplexity_batch(lm: LoadedModel, rows: list[tuple[list[int], list[int]]],
+                      idx: list[int], out: list[float]) -> None:
+    """Fill out[i] for the rows in `idx`, one right-padded forward pass."""
+    seqs = [rows[i][0] + rows[i][1] for i in idx]
+    width = max(len(q) for q in seqs)
+    ids = mx.array([q + [0] * (width - len(q)) for q in seqs])
+    logits = lm.model(ids).astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    # logp at position t predicts token t + 1
+    picked = mx.take_along_axis(logp[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
+    picked_np = np.array(picked)
+    for row, i in enumerate(idx):
+        n_p, n_a = len(rows[i][0]), len(rows[i][1])
+        nll = -float(picked_np[row, n_p - 1:n_p - 1 + n_a].mean())
+        out[i] = math.exp(nll)
 
 
 def fluency_verdict(answer: str, ppl: float, ppl_threshold: float = PPL_THRESHOLD,

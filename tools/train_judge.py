@@ -39,7 +39,7 @@ def main() -> int:
     x = judge_features(lm, [(r.value, r.question, r.reply) for r in labels], show_progress=True)
     y = np.array([r.value_yes for r in labels], dtype=int)
     probs = cross_validated_probs(x, y, [r.prompt_id for r in labels])
-    ppls = reply_perplexities(lm, [(r.question, r.reply) for r in labels])
+    ppls = reply_perplexities(lm, [(r.question, r.reply) for r in labels], show_progress=True)
     card = judge_card(NAME, labels, [bool(p >= THRESHOLD) for p in probs],
                       [fluency_verdict(r.reply, p).label for r, p in zip(labels, ppls)],
                       SHIPPED_LABELS.name,
