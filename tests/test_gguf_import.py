@@ -69,11 +69,13 @@ def _write_fake_gguf(path: Path, arch: str, type_id: int) -> None:
     path.write_bytes(body)
 
 
-def test_k_quant_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
-    f = tmp_path / "kquant.gguf"
-    _write_fake_gguf(f, "llama", 12)  # Q4_K
-    with pytest.raises(ConvaError, match=r"Q4_K are not supported \(supported: F32"):
+def test_iq_quant_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """K-quants import now (tests/test_kquants.py); IQ types still do not."""
+    f = tmp_path / "iquant.gguf"
+    _write_fake_gguf(f, "llama", 20)  # IQ4_NL
+    with pytest.raises(ConvaError, match=r"IQ4_NL are not supported \(supported: F32"):
         import_gguf(f, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
