@@ -1,8 +1,10 @@
 """Convert a Llama / Qwen2 / Qwen3 GGUF file into an mlx-lm model directory.
 
-Quantized tensors (Q4_0, Q4_1, Q8_0) stay quantized as MLX affine weights (group size 32,
-4 or 8 bits per module, recorded per module in config.json); F32/F16/BF16 tensors are
-stored as they are (BF16 is read exactly, as float32 -> bfloat16).
+Quantized tensors stay quantized as MLX affine weights (group size 32, bits recorded per
+module in config.json): Q4_0, Q4_1 and Q8_0 bit for bit when the file has no other quant
+type; otherwise (K-quants, Q5_0, Q5_1) every quantized tensor is dequantized by the `gguf`
+package and re-quantized with at least the source's bits (REQUANT_BITS), in row chunks.
+F32/F16/BF16 tensors are stored as they are (BF16 is read exactly, as float32 -> bfloat16).
 Layer k of the GGUF (`blk.k`) becomes `model.layers.k` (output of decoder block k).
 """
 

@@ -41,6 +41,6 @@ for _named in WHEEL_MODELS.values():
               help="MLX model directory to create.")
 @click.option("--force", is_flag=True, help="Replace the model directory already at --out.")
 def models_import_gguf(gguf_file: Path, out_dir: Path, force: bool) -> None:
-    """Convert a Llama/Qwen2/Qwen3 GGUF (F32/F16/BF16/Q8_0/Q4_0/Q4_1) into an MLX directory."""
+    """Convert a Llama/Qwen2/Qwen3 GGUF (F32/F16/BF16, Q4_0-Q8_0, K-quants) to an MLX directory."""
     out = import_gguf(gguf_file, out_dir, progress=log, overwrite=force)
     click.echo(str(out))
