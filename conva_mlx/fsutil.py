@@ -36,9 +36,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; use the usual file mode
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual file mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -95,6 +93,23 @@ def _describe_os_error(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
+
+
+def _check_writable(out: Path) -> None:
+    """Create (and remove) a probe file beside `out`: a bad --out fails before any work."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConvaError(f"{out}: cannot write here ({_describe_os_error(exc)})") from exc
+
+
 def check_output_dir(path: str | os.PathLike[str], kind: OutputKind, force: bool = False) -> Path:
     """Refuse an output directory that would lose data; prove that it is writable.
 
@@ -118,12 +133,7 @@ def check_output_dir(path: str | os.PathLike[str], kind: OutputKind, force: bool
         if entries and not force:
             raise ConvaError(f"{out}: already holds a {kind.name}; pass --force to replace it "
                              "(files that are not part of it are kept)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)
-        os.rmdir(probe)
-    except OSError as exc:
-        raise ConvaError(f"{out}: cannot write here ({_describe_os_error(exc)})") from exc
+    _check_writable(out)
     return out
 
 
@@ -138,9 +148,7 @@ def commit_output_dir(staged: Path, out: Path, kind: OutputKind) -> None:
     gets each new file by rename (the manifest last, so a crash leaves the old manifest,
     whose checksums then refuse the mix), loses only its own stale files, keeps the rest.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staged, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual directory mode
+    os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes 0700; use the usual directory mode
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
@@ -179,11 +187,5 @@ def check_output_file(path: str | os.PathLike[str], force: bool = False) -> Path
         raise ConvaError(f"{out}: is a directory; give a file name")
     if out.exists() and not force:
         raise ConvaError(f"{out}: already exists; pass --force to overwrite it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConvaError(f"{out}: cannot write here ({_describe_os_error(exc)})") from exc
+    _check_writable(out)
     return out
