@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .fsutil import atomic_path, cache_dir, sha256_text
@@ -32,7 +33,7 @@ class CaptureOptions:
     layers: tuple[int, ...] | None = None  # None = every block
     reduce: Reduce = "last"
     chat_template: bool = False
-    batch_size: int = 16
+    batch_size: int = 32
 
 
 class _StopForward(Exception):
@@ -93,11 +94,34 @@ def prefix_state(lm: LoadedModel, prefix: list[int]) -> PrefixState | None:
     return state
 
 
-def _batch_cache(lm: LoadedModel, prefix: PrefixState, batch: int) -> list[Any]:
-    cache = make_prompt_cache(lm.model)
-    for c, (k, v) in zip(cache, prefix):
-        c.state = (mx.repeat(k, batch, axis=0), mx.repeat(v, batch, axis=0), k.shape[2])
-    return cache
+class PrefixCache:
+    """A one-shot attention cache holding a shared prefix's keys and values.
+
+    Capture runs one forward pass per batch after the prefix, so the new keys are simply
+    appended; mlx-lm's KVCache would zero-fill and copy into 256-step buffers and build
+    an explicit mask (about 9% slower on the gate's templated captures).
+    """
+
+    def __init__(self, keys: mx.array, values: mx.array) -> None:
+        self.keys, self.values = keys, values
+        self.offset = keys.shape[2]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        self.keys = mx.concatenate([self.keys, keys], axis=2)
+        self.values = mx.concatenate([self.values, values], axis=2)
+        self.offset += keys.shape[2]
+        return self.keys, self.values
+
+    def make_mask(self, n: int, return_array: bool = False,
+                  window_size: int | None = None) -> Any:
+        if return_array or window_size is not None:
+            return create_causal_mask(n, self.offset, window_size=window_size)
+        return "causal"  # MLX aligns a causal mask to the last keys: right for a prefix
+
+
+def _batch_cache(prefix: PrefixState, batch: int) -> list[PrefixCache]:
+    return [PrefixCache(mx.repeat(k, batch, axis=0), mx.repeat(v, batch, axis=0))
+            for k, v in prefix]
 
 
 def forward_states(
@@ -130,7 +154,7 @@ def forward_states(
         return h
 
     hooks: dict[int, BlockHook] = {k: record for k in range(deepest + 1)}
-    cache = _batch_cache(lm, prefix, len(batch)) if prefix is not None else None
+    cache = _batch_cache(prefix, len(batch)) if prefix is not None else None
     with hooked_blocks(lm.model, hooks), suppress(_StopForward):
         lm.model(tokens, cache=cache)
     return mx.stack([recorded[k].astype(mx.float32) for k in layers], axis=1)

@@ -1,0 +1,50 @@
+"""Extraction: the shallow-first gate search gives the gate a search of every layer gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conva_mlx.capture import CaptureOptions, capture
+from conva_mlx.dataset import ValueData
+from conva_mlx.extract import gate_candidate_layers, gate_layer_stages
+from conva_mlx.gate import dilemma_split, query_split, train_gate
+from conva_mlx.loading import LoadedModel
+from conva_mlx.pack import Pack
+
+
+@pytest.mark.parametrize("num_layers", [2, 3, 4, 8, 12, 24, 28, 30, 36, 64])
+def test_gate_stages_partition_the_candidates_shallow_first(num_layers: int) -> None:
+    candidates = gate_candidate_layers(num_layers)
+    stages = gate_layer_stages(candidates)
+    assert [layer for group in stages for layer in group] == candidates
+    assert all(group for group in stages)
+    if len(candidates) >= 6:
+        assert len(stages) == 3 and len(stages[0]) < len(candidates) / 3
+
+
+def test_staged_gate_equals_full_search(default_lm: LoadedModel, small_pack: Pack) -> None:
+    """small_pack's gate (staged search) is the gate of a search over all 27 candidates."""
+    data, values = ValueData(), ["benevolence", "power"]
+    related = [s for v in values for p in data.pairs(v) for s in (p.positive, p.negative)]
+    dilemmas = [d for v in values for d in data.dilemmas(v)]
+    calib_idx, test_idx = dilemma_split([d.id for d in dilemmas])
+    queries = [q.prompt for q in data.unrelated_queries()]
+    q_train, q_calib, q_test = query_split(len(queries))
+    layers = gate_candidate_layers(default_lm.num_layers)
+    states = capture(default_lm, related + [d.prompt for d in dilemmas] + queries,
+                     CaptureOptions(layers=tuple(layers), chat_template=True),
+                     show_progress=False)
+    rel, dil = states[: len(related)], states[len(related): len(related) + len(dilemmas)]
+    qs = states[len(related) + len(dilemmas):]
+    full = train_gate(rel, qs[q_train], dil[calib_idx], qs[q_calib], dil[test_idx],
+                      qs[q_test], layers)
+    staged = small_pack.gate
+    assert staged is not None
+    assert staged.layer == full.layer
+    assert staged.threshold == pytest.approx(full.threshold, abs=1e-4)
+    np.testing.assert_allclose(staged.weight, full.weight, rtol=1e-3, atol=1e-5)
+    # The staged search scored fewer layers only because it stopped at a perfect one.
+    assert set(staged.layer_scores) <= set(full.layer_scores)
+    if len(staged.layer_scores) < len(full.layer_scores):
+        assert staged.layer_scores[staged.layer] == 1.0
