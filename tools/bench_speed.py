@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 N_SENTENCES = 256
 DECODE_TOKENS = 128
@@ -95,8 +96,8 @@ def _work_bandwidth() -> dict[str, Any]:
     from conva_mlx.loading import load_model
 
     lm = load_model("default")
-    mats = [np.array(v) for k, v in tree_flatten(lm.model.parameters())
-            if v.ndim == 2 and k.endswith("weight")]
+    params = cast(list[tuple[str, Any]], tree_flatten(lm.model.parameters()))
+    mats = [np.array(v) for k, v in params if v.ndim == 2 and k.endswith("weight")]
     vecs = [np.ones(m.shape[1], np.float32) for m in mats]
     total = sum(m.nbytes for m in mats)
     best = float("inf")
@@ -205,15 +206,14 @@ def _work_profile() -> dict[str, Any]:
     tok = mx.array([[500]])
     x1 = inner.embed_tokens(tok)
     mx.eval(x1)
+    linears = [m for b in inner.layers for m in (
+        b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj, b.self_attn.o_proj,
+        b.mlp.gate_proj, b.mlp.up_proj, b.mlp.down_proj)]
+    inputs = {d: mx.ones((1, 1, d)) for d in {m.weight.shape[1] for m in linears}}
+    mx.eval(list(inputs.values()))
     decode_ms = {
         "decode step (whole model)": ms(lambda: lm.model(tok, cache=cache), 20),
-        "all block matmuls": ms(lambda: [m(x1 if m.weight.shape[1] == x1.shape[-1] else
-                                            mx.zeros((1, 1, m.weight.shape[1])))
-                                          for b in inner.layers
-                                          for m in (b.self_attn.q_proj, b.self_attn.k_proj,
-                                                    b.self_attn.v_proj, b.self_attn.o_proj,
-                                                    b.mlp.gate_proj, b.mlp.up_proj,
-                                                    b.mlp.down_proj)], 20),
+        "all block matmuls": ms(lambda: [m(inputs[m.weight.shape[1]]) for m in linears], 20),
         "lm head": ms(lambda: inner.embed_tokens.as_linear(x1), 20),
     }
     t = time.perf_counter()
@@ -249,6 +249,10 @@ def _spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):.3f} [{min(xs):.3f}-{max(xs):.3f}]"
 
 
+def _cli() -> str:
+    return str(Path(sys.executable).with_name("conva-mlx"))
+
+
 def _extract_fresh(env: dict[str, str]) -> float:
     from conva_mlx.loading import resolve_model_path
 
@@ -256,9 +260,8 @@ def _extract_fresh(env: dict[str, str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**env, "CONVA_MLX_CACHE": tmp}
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "conva_mlx.cli.main", "extract", "--model",
-                        str(model_dir), "--values", "all", "--out", f"{tmp}/pack", "--quiet"],
-                       env=env, check=True, capture_output=True)
+        subprocess.run([_cli(), "extract", "--model", str(model_dir), "--values", "all",
+                        "--out", f"{tmp}/pack"], env=env, check=True, capture_output=True)
         return time.perf_counter() - t
 
 
@@ -277,9 +280,8 @@ def _ensure_pack(env: dict[str, str]) -> str:
 
     pack = cache_dir() / "bench" / "pack-benevolence-power"
     if not (pack / "pack.json").is_file():
-        subprocess.run([sys.executable, "-m", "conva_mlx.cli.main", "extract", "--values",
-                        "benevolence,power", "--out", str(pack), "--force", "--quiet"],
-                       env=env, check=True, capture_output=True)
+        subprocess.run([_cli(), "extract", "--values", "benevolence,power", "--out",
+                        str(pack), "--force"], env=env, check=True, capture_output=True)
     return str(pack)
 
 
@@ -295,9 +297,10 @@ def main() -> None:
     if args.worker:
         cfg = json.loads(args.worker)
         kind = cfg.pop("kind")
-        fn = {"capture": _work_capture, "repeng": _work_repeng, "bandwidth": _work_bandwidth,
-              "decode": _work_decode, "steering": _work_steering,
-              "profile": _work_profile}[kind]
+        workers: dict[str, Callable[..., dict[str, Any]]] = {
+            "capture": _work_capture, "repeng": _work_repeng, "bandwidth": _work_bandwidth,
+            "decode": _work_decode, "steering": _work_steering, "profile": _work_profile}
+        fn = workers[kind]
         print(json.dumps(fn(**cfg)))
         return
     fast, plain_blas = _env(shim=True), _env(shim=False)
