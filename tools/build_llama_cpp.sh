@@ -37,8 +37,12 @@ if [[ ! -d "$ROOT/src/llama.cpp" ]]; then
   mv "$ROOT/src.part" "$ROOT/src"
 fi
 PATH="$ROOT/tools/bin:$PATH"
+# -march=native, but without AMX: a VM that reports AMX without granting the tile state
+# (ours) crashes in ggml's AMX matmul the first time llama-server decodes.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S "$ROOT/src/llama.cpp" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DBUILD_SHARED_LIBS=OFF >/dev/null
 ninja -C "$ROOT/build" "${missing[@]}" >&2
 echo "$BIN"
