@@ -286,12 +286,16 @@ def _ensure_pack(env: dict[str, str]) -> str:
 
 
 def main() -> None:
+    from conva_mlx.fsutil import cache_dir
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-extract", action="store_true")
     ap.add_argument("--skip-repeng", action="store_true")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--llama-bench", default=None, help="path of a llama-bench binary")
+    built = cache_dir() / "llama.cpp-11434.0.0" / "build" / "bin" / "llama-bench"
+    ap.add_argument("--llama-bench", default=str(built) if built.is_file() else None,
+                    help="path of a llama-bench binary (default: tools/build_llama_cpp.sh's)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
