@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +31,7 @@ from conva_mlx.judges import (
 )
 from conva_mlx.loading import LoadedModel
 from conva_mlx.stance_judge import StanceJudge
+from tests.local_servers import free_port, running_server
 
 # ----- parsers -----------------------------------------------------------------------------
 
@@ -171,41 +167,14 @@ def test_offline_judge_reports_its_measured_agreement(offline_judge: OfflineJudg
 # ----- OpenAI-compatible judge on a real local server --------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def local_server(default_model_dir: Path) -> Iterator[tuple[str, str]]:
-    port = _free_port()
-    env = dict(os.environ)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_lm", "server", "--model", str(default_model_dir),
-         "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "8"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", str(default_model_dir),
+           "--host", "127.0.0.1", "--port", str(port), "--max-tokens", "8"]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlx_lm server exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(base + "/v1/models", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("mlx_lm server did not start in 90 s")
-                time.sleep(0.5)
+    with running_server(cmd, base + "/v1/models", "mlx_lm server", timeout=90):
         yield base + "/v1", str(default_model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_openai_judge_against_a_real_local_server(local_server: tuple[str, str]) -> None:
@@ -228,7 +197,7 @@ def test_openai_judge_without_a_key_is_a_clear_error(monkeypatch: pytest.MonkeyP
 
 
 def test_openai_judge_with_the_server_down_is_a_clear_error() -> None:
-    judge = OpenAIJudge("m", base_url=f"http://127.0.0.1:{_free_port()}/v1",
+    judge = OpenAIJudge("m", base_url=f"http://127.0.0.1:{free_port()}/v1",
                         api_key_env="none", max_retries=1, backoff=0.01, timeout=2)
     with pytest.raises(ConvaError, match="failed after 2 tries"):
         judge.judge("benevolence", QUESTION, KIND)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +24,7 @@ from conva_mlx.loading import LoadedModel, load_model
 from conva_mlx.pack import Pack
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
 from conva_mlx.wheel_models import QWEN25_05B, ensure_wheel_model
+from tests.local_servers import free_port, running_server
 
 LLAMA_VERSION = "11434.0.0"
 SERVER = cache_dir() / f"llama.cpp-{LLAMA_VERSION}" / "build" / "bin" / "llama-server"
@@ -39,12 +37,6 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,",
            "Kindness matters because"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(base: str, path: str, body: dict[str, Any]) -> Any:
     req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -53,34 +45,12 @@ def _post(base: str, path: str, body: dict[str, Any]) -> Any:
 
 
 def _serve(gguf: Path, *extra: str) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([str(SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port",
-                             str(port), "-t", str(os.cpu_count() or 2), "-c", "1024", "-np",
-                             "1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                pytest.fail(f"llama-server exited with {proc.returncode}: {err[-2000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("llama-server did not start in 120 s")
-            time.sleep(0.5)
+    cmd = [str(SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+           "-t", str(os.cpu_count() or 2), "-c", "1024", "-np", "1", *extra]
+    with running_server(cmd, base + "/health", "llama-server"):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
