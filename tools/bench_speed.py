@@ -88,7 +88,7 @@ def _work_repeng(rounds: int) -> dict[str, Any]:
     return {"repeng_s": min(times)}
 
 
-def _work_bandwidth() -> dict[str, Any]:
+def _work_bandwidth(model: str = "default") -> dict[str, Any]:
     """Seconds to stream every weight matrix once through SGEMV (float32)."""
     import numpy as np
     from mlx.utils import tree_flatten
@@ -109,14 +109,14 @@ def _work_bandwidth() -> dict[str, Any]:
     return {"weights_mb": total / 1e6, "pass_s": best, "gb_per_s": total / best / 1e9}
 
 
-def _work_decode(rounds: int) -> dict[str, Any]:
+def _work_decode(rounds: int, model: str = "default", dtype: str = "auto") -> dict[str, Any]:
     from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
     from conva_mlx.blas import gemv_forwarded_calls
     from conva_mlx.loading import load_model
 
-    lm = load_model("default")
+    lm = load_model(model, dtype=dtype)
     prompt = lm.chat_prompt([{"role": "user", "content": DECODE_PROMPT}])
     tps, text = [], ""
     for _ in range(rounds + 1):
@@ -128,7 +128,7 @@ def _work_decode(rounds: int) -> dict[str, Any]:
         assert last is not None
         tps.append(last.generation_tps)
         text = "".join(pieces)
-    return {"tps": statistics.median(tps[1:]), "text": text,
+    return {"tps": statistics.median(tps[1:]), "text": text, "dtype": lm.dtype,
             "forwarded": gemv_forwarded_calls()}
 
 
@@ -265,10 +265,21 @@ def _extract_fresh(env: dict[str, str]) -> float:
         return time.perf_counter() - t
 
 
-def _llama_bench(path: str) -> float:
+def _gguf_of(model: str) -> Path:
+    """The GGUF file a named model is imported from (the same file llama.cpp reads)."""
     from conva_mlx.default_model import find_default_gguf
+    from conva_mlx.wheel_models import QWEN25_05B, ensure_wheel_model
 
-    out = subprocess.run([path, "-m", str(find_default_gguf()), "-p", "0", "-n",
+    if model == "default":
+        return find_default_gguf()
+    if model == QWEN25_05B.name:
+        ensure_wheel_model(QWEN25_05B)
+        return QWEN25_05B.gguf_path
+    raise SystemExit(f"--model must be default or {QWEN25_05B.name}")
+
+
+def _llama_bench(path: str, gguf: Path) -> float:
+    out = subprocess.run([path, "-m", str(gguf), "-p", "0", "-n",
                           str(DECODE_TOKENS), "-t", str(os.cpu_count() or 2), "-o", "json"],
                          capture_output=True, text=True, check=True)
     rows = json.loads(out.stdout)
@@ -285,6 +296,35 @@ def _ensure_pack(env: dict[str, str]) -> str:
     return str(pack)
 
 
+def _decode_section(args: argparse.Namespace, fast: dict[str, str],
+                    plain_blas: dict[str, str]) -> None:
+    print(f"3. decode ({args.model}), {DECODE_TOKENS} tokens greedy, median of {args.rounds}")
+    bw = _run("bandwidth", fast, model=args.model)
+    limit = 1.0 / bw["pass_s"]
+    with_shim = _run("decode", fast, rounds=args.rounds, model=args.model,
+                     dtype="float32")
+    without = _run("decode", plain_blas, rounds=args.rounds, model=args.model,
+                   dtype="float32")
+    quant = _run("decode", fast, rounds=args.rounds, model=args.model, dtype="quantized")
+    print(f"   bandwidth: {bw['weights_mb']:.0f} MB of float32 weights stream at "
+          f"{bw['gb_per_s']:.1f} GB/s -> limit {limit:.1f} tok/s")
+    print(f"   OpenBLAS + GEMV shim {with_shim['tps']:6.1f} tok/s = "
+          f"{with_shim['tps'] / limit:.2f} of the limit "
+          f"({with_shim['forwarded']} GEMMs sent to GEMV)")
+    print(f"   OpenBLAS alone       {without['tps']:6.1f} tok/s = "
+          f"{without['tps'] / limit:.2f} of the limit   shim speed-up "
+          f"{with_shim['tps'] / without['tps']:.2f}x")
+    print(f"   same greedy text with and without the shim: "
+          f"{with_shim['text'] == without['text']}")
+    print(f"   MLX quantized (as imported) {quant['tps']:6.1f} tok/s; float32 / quantized "
+          f"{with_shim['tps'] / quant['tps']:.2f}x")
+    if args.llama_bench:
+        gguf = _gguf_of(args.model)
+        lc = _llama_bench(args.llama_bench, gguf)
+        print(f"   llama.cpp on {gguf.name} {lc:.1f} tok/s; conva-mlx float32 / llama.cpp "
+              f"{with_shim['tps'] / lc:.2f}x")
+
+
 def main() -> None:
     from conva_mlx.fsutil import cache_dir
 
@@ -293,6 +333,9 @@ def main() -> None:
     ap.add_argument("--skip-extract", action="store_true")
     ap.add_argument("--skip-repeng", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="only section 3 (decode), e.g. with --model qwen2.5-0.5b")
+    ap.add_argument("--model", default="default", help="default or qwen2.5-0.5b (decode)")
     built = cache_dir() / "llama.cpp-11434.0.0" / "build" / "bin" / "llama-bench"
     ap.add_argument("--llama-bench", default=str(built) if built.is_file() else None,
                     help="path of a llama-bench binary (default: tools/build_llama_cpp.sh's)")
@@ -310,6 +353,9 @@ def main() -> None:
     fast, plain_blas = _env(shim=True), _env(shim=False)
     log = lambda msg: print(f"  ... {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
+    if args.decode_only:
+        _decode_section(args, fast, plain_blas)
+        return
     print(f"1. capture of {N_SENTENCES} sentences (float32, all 30 blocks)")
     cap = _run("capture", fast, rounds=2)
     print(f"   conva-mlx capture {cap['capture_s']:.2f} s (first round, compiling: "
@@ -326,25 +372,7 @@ def main() -> None:
         secs = _extract_fresh(fast)
         print(f"2. extract --values all, fresh cache: {secs:.0f} s (target <= 120 s)")
 
-    print(f"3. decode, {DECODE_TOKENS} tokens greedy, median of {args.rounds}")
-    bw = _run("bandwidth", fast)
-    limit = 1.0 / bw["pass_s"]
-    with_shim = _run("decode", fast, rounds=args.rounds)
-    without = _run("decode", plain_blas, rounds=args.rounds)
-    print(f"   bandwidth: {bw['weights_mb']:.0f} MB of float32 weights stream at "
-          f"{bw['gb_per_s']:.1f} GB/s -> limit {limit:.1f} tok/s")
-    print(f"   OpenBLAS + GEMV shim {with_shim['tps']:6.1f} tok/s = "
-          f"{with_shim['tps'] / limit:.2f} of the limit "
-          f"({with_shim['forwarded']} GEMMs sent to GEMV)")
-    print(f"   OpenBLAS alone       {without['tps']:6.1f} tok/s = "
-          f"{without['tps'] / limit:.2f} of the limit   shim speed-up "
-          f"{with_shim['tps'] / without['tps']:.2f}x")
-    print(f"   same greedy text with and without the shim: "
-          f"{with_shim['text'] == without['text']}")
-    if args.llama_bench:
-        lc = _llama_bench(args.llama_bench)
-        print(f"   llama.cpp (Q4_1 GGUF) {lc:.1f} tok/s; conva-mlx / llama.cpp "
-              f"{with_shim['tps'] / lc:.2f}x")
+    _decode_section(args, fast, plain_blas)
 
     print(f"4. steered / plain decode (64 tokens, {args.rounds} interleaved rounds)")
     pack = _ensure_pack(fast)
