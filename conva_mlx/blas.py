@@ -83,8 +83,8 @@ def openblas_active() -> bool:
 
 def preload_active() -> bool:
     """True if every library `preload_libraries` names is mapped into this process."""
-    maps = _mapped_libraries()
-    return all(Path(p).name in maps for p in preload_libraries())
+    maps = _mapped_libraries()  # lists real paths: resolve the symlinks first
+    return all(os.path.realpath(p) in maps for p in preload_libraries())
 
 
 def gemv_forwarded_calls() -> int | None:

@@ -74,3 +74,15 @@ def test_without_shim_nothing_is_forwarded() -> None:
     assert result["forwarded"] is None
     for name, err in result["errors"].items():
         assert err < 1e-4, f"{name}: max error {err}"
+
+
+def test_cli_reexec_preloads_shim_and_openblas() -> None:
+    """A process started without LD_PRELOAD re-executes itself once with both libraries."""
+    script = ("from conva_mlx.blas import maybe_reexec_with_openblas, gemv_forwarded_calls, "
+              "preload_active\nmaybe_reexec_with_openblas()\n"
+              "print(preload_active(), gemv_forwarded_calls())")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "CONVA_MLX_BLAS", "CONVA_MLX_BLAS_REEXEC")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["True", "0"]
