@@ -95,9 +95,13 @@ def _work_bandwidth(model: str = "default") -> dict[str, Any]:
 
     from conva_mlx.loading import load_model
 
-    lm = load_model("default")
+    lm = load_model(model, dtype="float32")
     params = cast(list[tuple[str, Any]], tree_flatten(lm.model.parameters()))
-    mats = [np.array(v) for k, v in params if v.ndim == 2 and k.endswith("weight")]
+    # Decoding reads every matrix once per token, except an untied embedding table
+    # (a row lookup); a tied one is the LM head and is read whole.
+    untied = any(k.endswith("lm_head.weight") for k, _ in params)
+    mats = [np.array(v) for k, v in params if v.ndim == 2 and k.endswith("weight")
+            and not (untied and k.endswith("embed_tokens.weight"))]
     vecs = [np.ones(m.shape[1], np.float32) for m in mats]
     total = sum(m.nbytes for m in mats)
     best = float("inf")
