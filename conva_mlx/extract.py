@@ -94,33 +94,57 @@ def gate_layer_stages(candidates: list[int]) -> list[list[int]]:
     return stages
 
 
-def extract_gate(lm: LoadedModel, data: ValueData, values: list[str], opts: ExtractOptions,
-                 show: bool, stage: StageCallback | None) -> Gate:
+@dataclass
+class GateTexts:
+    """The gate's training, calibration and test queries, in one list to capture."""
+
+    texts: list[str]
+    n_related: int
+    n_dilemmas: int
+    dilemma_calib: list[int]
+    dilemma_test: list[int]
+    query_splits: tuple[np.ndarray, np.ndarray, np.ndarray]  # train, calibration, test
+
+    def fit(self, states: np.ndarray, layers: list[int]) -> Gate:
+        """`train_gate` on captured `states` (texts, len(layers), hidden)."""
+        rel = states[: self.n_related]
+        dil = states[self.n_related: self.n_related + self.n_dilemmas]
+        qs = states[self.n_related + self.n_dilemmas:]
+        q_train, q_calib, q_test = self.query_splits
+        return train_gate(rel, qs[q_train], dil[self.dilemma_calib], qs[q_calib],
+                          dil[self.dilemma_test], qs[q_test], layers)
+
+
+def gate_texts(data: ValueData, values: list[str]) -> GateTexts:
     # Value-related training queries: every context-controlled sentence (both members),
     # so the gate learns the topic "a choice about values", not one phrasing.
     related = [s for v in values for p in data.pairs(v) for s in (p.positive, p.negative)]
     dilemmas = [d for v in values for d in data.dilemmas(v)]
     calib_idx, test_idx = dilemma_split([d.id for d in dilemmas])
     queries = [q.prompt for q in data.unrelated_queries()]
-    q_train, q_calib, q_test = query_split(len(queries))
-    texts = related + [d.prompt for d in dilemmas] + queries
-    layers: list[int] = []
-    parts: list[np.ndarray] = []
+    return GateTexts(related + [d.prompt for d in dilemmas] + queries, len(related),
+                     len(dilemmas), calib_idx, test_idx, query_split(len(queries)))
+
+
+def extract_gate(lm: LoadedModel, data: ValueData, values: list[str], opts: ExtractOptions,
+                 show: bool, stage: StageCallback | None) -> Gate:
+    sets = gate_texts(data, values)
     gate: Gate | None = None
     for group in gate_layer_stages(gate_candidate_layers(lm.num_layers)):
-        layers += group
-        parts.append(capture(lm, texts, CaptureOptions(layers=tuple(group), chat_template=True,
-                                                       batch_size=opts.batch_size),
-                             show_progress=show, callback=_callback(stage, "gate"),
-                             description=f"capture gate (blocks {group[0]}-{group[-1]})"))
-        states = np.concatenate(parts, axis=1)
-        rel = states[: len(related)]
-        dil = states[len(related): len(related) + len(dilemmas)]
-        qs = states[len(related) + len(dilemmas):]
-        gate = train_gate(rel, qs[q_train], dil[calib_idx], qs[q_calib], dil[test_idx],
-                          qs[q_test], layers)
+        states = capture(lm, sets.texts, CaptureOptions(layers=tuple(group), chat_template=True,
+                                                        batch_size=opts.batch_size),
+                         show_progress=show, callback=_callback(stage, "gate"),
+                         description=f"capture gate (blocks {group[0]}-{group[-1]})")
+        best = sets.fit(states, group)
+        if gate is not None:
+            # Earlier blocks win ties, as in one search over every candidate.
+            best.layer_scores = {**gate.layer_scores, **best.layer_scores}
+            if best.layer_scores[best.layer] <= gate.layer_scores[gate.layer]:
+                gate.layer_scores = best.layer_scores
+                best = gate
+        gate = best
         if gate.layer_scores[gate.layer] >= 1.0:
-            break  # no deeper layer can beat a perfect calibration F1 (ties keep the first)
+            break  # no deeper layer can beat a perfect calibration F1
     assert gate is not None
     return gate
 

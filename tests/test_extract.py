@@ -7,8 +7,7 @@ import pytest
 
 from conva_mlx.capture import CaptureOptions, capture
 from conva_mlx.dataset import ValueData
-from conva_mlx.extract import gate_candidate_layers, gate_layer_stages
-from conva_mlx.gate import dilemma_split, query_split, train_gate
+from conva_mlx.extract import gate_candidate_layers, gate_layer_stages, gate_texts
 from conva_mlx.loading import LoadedModel
 from conva_mlx.pack import Pack
 
@@ -25,20 +24,12 @@ def test_gate_stages_partition_the_candidates_shallow_first(num_layers: int) -> 
 
 def test_staged_gate_equals_full_search(default_lm: LoadedModel, small_pack: Pack) -> None:
     """small_pack's gate (staged search) is the gate of a search over all 27 candidates."""
-    data, values = ValueData(), ["benevolence", "power"]
-    related = [s for v in values for p in data.pairs(v) for s in (p.positive, p.negative)]
-    dilemmas = [d for v in values for d in data.dilemmas(v)]
-    calib_idx, test_idx = dilemma_split([d.id for d in dilemmas])
-    queries = [q.prompt for q in data.unrelated_queries()]
-    q_train, q_calib, q_test = query_split(len(queries))
+    sets = gate_texts(ValueData(), ["benevolence", "power"])
     layers = gate_candidate_layers(default_lm.num_layers)
-    states = capture(default_lm, related + [d.prompt for d in dilemmas] + queries,
+    states = capture(default_lm, sets.texts,
                      CaptureOptions(layers=tuple(layers), chat_template=True),
                      show_progress=False)
-    rel, dil = states[: len(related)], states[len(related): len(related) + len(dilemmas)]
-    qs = states[len(related) + len(dilemmas):]
-    full = train_gate(rel, qs[q_train], dil[calib_idx], qs[q_calib], dil[test_idx],
-                      qs[q_test], layers)
+    full = sets.fit(states, layers)
     staged = small_pack.gate
     assert staged is not None
     assert staged.layer == full.layer
