@@ -76,11 +76,6 @@ def _mapped_libraries() -> str:
         return ""
 
 
-def openblas_active() -> bool:
-    """True if an OpenBLAS library is mapped into this process."""
-    return "openblas" in _mapped_libraries()
-
-
 def preload_active() -> bool:
     """True if every library `preload_libraries` names is mapped into this process."""
     maps = _mapped_libraries()  # lists real paths: resolve the symlinks first

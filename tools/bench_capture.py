@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from conva_mlx.blas import find_openblas
+from conva_mlx.blas import find_openblas, preload_env
 
 
 def _worker(dtype: str, n_sentences: int, decode_tokens: int, do_capture: bool) -> dict:
@@ -74,12 +74,10 @@ def _worker(dtype: str, n_sentences: int, decode_tokens: int, do_capture: bool) 
 
 
 def _run(config: dict, blas: bool) -> dict:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env["HF_HUB_OFFLINE"] = "1"
-    lib = find_openblas()
-    env.pop("LD_PRELOAD", None)
-    if blas and lib:
-        env["LD_PRELOAD"] = lib
+    env["CONVA_MLX_BLAS"] = "openblas" if blas else "reference"  # OpenBLAS alone, or none
+    env = preload_env(env)
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(config)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
