@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
 if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null 2>&1 \
    && [[ ! -e /usr/lib/$(uname -m)-linux-gnu/openblas-pthread/libblas.so.3 ]]; then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   echo "installing OpenBLAS (libopenblas0-pthread) for fast float32 matmuls on CPU"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null \
     || echo "warning: could not install OpenBLAS; MLX will use its reference BLAS (slower)"
@@ -15,7 +15,6 @@ fi
 # A C compiler builds the small GEMM-to-GEMV shim that speeds up CPU decoding (blas.py).
 if [[ "$(uname -s)" == "Linux" ]] && ! command -v cc >/dev/null 2>&1 \
    && command -v apt-get >/dev/null 2>&1; then
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get install -y -qq gcc libc6-dev >/dev/null \
     || echo "warning: no C compiler; CPU decoding runs without the GEMV shim (slower)"
 fi
