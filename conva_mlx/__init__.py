@@ -1,3 +1,83 @@
-"""conva-mlx: find and steer the human values inside language models (ConVA), in MLX."""
+"""conva-mlx: find and steer the human values inside language models (ConVA), in MLX.
+
+    import conva_mlx as cm
+    lm = cm.load_model()                                  # SmolLM2-135M-Instruct
+    pack = cm.extract(lm, "benevolence")                  # probes, steered blocks, gate
+    session = cm.SteeringSession(lm, pack)
+    reply = session.generate("Should I help my neighbour move?",
+                             cm.SteerConfig("benevolence:0.95"))
+
+Names load lazily, so `import conva_mlx` (and `conva-mlx --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ConvaError": "conva_mlx.errors",
+    "LoadedModel": "conva_mlx.loading",
+    "load_model": "conva_mlx.loading",
+    "Pack": "conva_mlx.pack",
+    "save_pack": "conva_mlx.pack",
+    "load_pack": "conva_mlx.pack",
+    "open_pack": "conva_mlx.pack_source",
+    "extract": "conva_mlx.extract",
+    "ExtractOptions": "conva_mlx.extract",
+    "SteeringSession": "conva_mlx.steering",
+    "SteerConfig": "conva_mlx.steering",
+    "Target": "conva_mlx.steering",
+    "GenOptions": "conva_mlx.steering",
+    "GenerationResult": "conva_mlx.steering",
+    "StreamPiece": "conva_mlx.steering",
+    "GateReport": "conva_mlx.steering",
+    "LayerReport": "conva_mlx.steering",
+    "steered": "conva_mlx.steering",
+    "VALUE_NAMES": "conva_mlx.values",
+    "VALUE_GROUPS": "conva_mlx.values",
+    "parse_values": "conva_mlx.values",
+    "resolve_pack_path": "conva_mlx.pack_source",
+}
+
+__all__ = [
+    "VALUE_GROUPS", "VALUE_NAMES", "ConvaError", "ExtractOptions", "GateReport", "GenOptions",
+    "GenerationResult", "LayerReport", "LoadedModel", "Pack", "SteerConfig",
+    "SteeringSession", "StreamPiece", "Target", "__version__", "extract", "load_model",
+    "load_pack", "open_pack", "parse_values", "resolve_pack_path", "save_pack", "steered",
+]
+
+if TYPE_CHECKING:
+    from .errors import ConvaError
+    from .extract import ExtractOptions, extract
+    from .loading import LoadedModel, load_model
+    from .pack import Pack, load_pack, save_pack
+    from .pack_source import open_pack, resolve_pack_path
+    from .steering import (
+        GateReport,
+        GenerationResult,
+        GenOptions,
+        LayerReport,
+        SteerConfig,
+        SteeringSession,
+        StreamPiece,
+        Target,
+        steered,
+    )
+    from .values import VALUE_GROUPS, VALUE_NAMES, parse_values
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conva_mlx' has no attribute '{name}'")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

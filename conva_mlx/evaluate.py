@@ -27,6 +27,7 @@ from .errors import ConvaError
 from .fsutil import atomic_write_json, atomic_write_text, sha256_file
 from .gate import dilemma_split
 from .judges import Judge
+from .pack import Pack
 from .progress import progress_bar
 from .steering import GenOptions, SteerConfig, SteeringSession, Target
 from .values import check_value
@@ -182,6 +183,12 @@ class EvalContext:
     pack_path: Path | None = None
     data: ValueData = field(default_factory=ValueData)
     on_generation: Callable[[int], None] | None = None  # called after each saved generation
+
+    @property
+    def pack(self) -> Pack:
+        if self.session.pack is None:
+            raise ConvaError("eval needs a pack")
+        return self.session.pack
 
 
 def _batches(keyed: list[tuple[tuple[str, str], T]], size: int
@@ -445,7 +452,7 @@ def print_table(results: dict[str, Any]) -> None:
 def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     """What the saved generations depend on (beyond their key)."""
     lm = ctx.session.lm
-    return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.session.pack.digest(),
+    return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.pack.digest(),
             "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
             "p0": opts.p0, "caa_coef": opts.caa_coef}
 
@@ -478,11 +485,11 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     for m in opts.methods:
         if m == "conva-nocc":
             for v in opts.values:
-                if ctx.session.pack.value(v).nocc is None:
+                if ctx.pack.value(v).nocc is None:
                     raise ConvaError(f"the pack has no non-context-controlled probes for {v}")
         if m != "none":
             for v in opts.values:
-                ctx.session.pack.value(v)
+                ctx.pack.value(v)
     items = load_items(opts.values, opts.n, opts.prompts_file, ctx.data)
     ctx.out.mkdir(parents=True, exist_ok=True)
     check_run_settings(ctx, opts)

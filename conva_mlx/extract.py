@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +14,7 @@ from .loading import LoadedModel
 from .pack import DEFAULT_P0, ModelInfo, Pack, ValueEntry
 from .probes import EXCLUDE_LAST, MIN_ACCURACY, ProbeSet, select_layers, train_probes
 from .progress import ProgressCallback
-from .values import VALUE_NAMES
+from .values import VALUE_NAMES, check_value, parse_values
 
 # Receives (stage description, done, total): lets the TUI show extraction progress.
 StageCallback = Callable[[str, int, int], None]
@@ -26,7 +26,7 @@ class ExtractOptions:
     exclude_last: int = EXCLUDE_LAST
     layers: list[int] | None = None  # force these steered layers for every value
     default_p0: float = DEFAULT_P0
-    with_nocc: bool = True
+    with_nocc: bool = False  # the ablation's probes (CLI extract trains them; library: ask)
     with_gate: bool = True
     test_fraction: float = 0.2
     seed: int = 0
@@ -154,7 +154,7 @@ def extract_pack(
     values: list[str] | None = None,
     data: ValueData | None = None,
     opts: ExtractOptions | None = None,
-    show_progress: bool = True,
+    show_progress: bool = False,
     stage: StageCallback | None = None,
 ) -> Pack:
     """Build a vector pack for `values` (default: all 10) from the value data."""
@@ -167,3 +167,13 @@ def extract_pack(
                       lm.num_layers)
     capture_info = {"reduce": "last", "chat_template": False, "dtype": lm.dtype}
     return Pack(model, entries, gate, data.digest(), capture_info)
+
+
+def extract(lm: LoadedModel, values: str | Sequence[str] = "all", *,
+            data: ValueData | None = None, options: ExtractOptions | None = None,
+            show_progress: bool = False, on_stage: StageCallback | None = None) -> Pack:
+    """A vector pack for `values` ('all', 'benevolence,power' or a list): probes at every
+    block, the steered blocks, CAA vectors and the gate; no progress bar unless asked.
+    `on_stage(stage, done, total)` reports progress to a UI instead."""
+    names = parse_values(values) if isinstance(values, str) else [check_value(v) for v in values]
+    return extract_pack(lm, names, data, options, show_progress, on_stage)

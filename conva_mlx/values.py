@@ -14,7 +14,7 @@ VALUE_NAMES: tuple[str, ...] = (
     "self-direction", "stimulation", "hedonism", "achievement", "power",
     "security", "conformity", "tradition", "benevolence", "universalism",
 )
-GROUPS: dict[str, tuple[str, ...]] = {
+VALUE_GROUPS: dict[str, tuple[str, ...]] = {
     "openness to change": ("self-direction", "stimulation", "hedonism"),
     "self-enhancement": ("hedonism", "achievement", "power"),
     "conservation": ("security", "conformity", "tradition"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conva_mlx.default_model import ensure_default_model, find_default_gguf
-from conva_mlx.extract import extract_pack
+from conva_mlx.extract import ExtractOptions, extract_pack
 from conva_mlx.loading import LoadedModel, load_model
 from conva_mlx.pack import Pack, save_pack
 from tests.tiny_models import ARCHS, make_tiny_model
@@ -43,7 +43,7 @@ def tiny_lm(request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path]) ->
 @pytest.fixture(scope="session")
 def small_pack(default_lm: LoadedModel) -> Pack:
     """A real pack for the default model: benevolence and power, with gate and ablation."""
-    return extract_pack(default_lm, ["benevolence", "power"], show_progress=False)
+    return extract_pack(default_lm, ["benevolence", "power"], opts=ExtractOptions(with_nocc=True))
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conva_mlx.batching import left_pad, supports_batching
 from conva_mlx.loading import LoadedModel
 from conva_mlx.pack import Pack
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
+from conva_mlx.steering.engine import PromptBatch, decode_batch, left_pad, supports_batching
 
 # Different lengths (so rows are padded), two value dilemmas and one the gate should close on.
 PROMPTS = [
@@ -96,18 +96,14 @@ def test_every_architecture_decodes_in_batches(tiny_lm: LoadedModel) -> None:
     """Left-padded batched decoding equals unpadded decoding on Llama, Qwen2 and Qwen3."""
     from mlx_lm.models.cache import make_prompt_cache
 
-    from conva_mlx.batching import _Batch, _decode
-
     assert supports_batching(tiny_lm.model)
     seqs = [mx.array(tiny_lm.tokenizer.encode(t)) for t in
             ("a much longer first prompt with several words", "short")]
 
-    class _Session:  # the two attributes _Batch and _decode read
-        lm = tiny_lm
-
-    batch = _Batch(_Session(), seqs)  # type: ignore[arg-type]
+    batch = PromptBatch(tiny_lm.model, seqs)
     cache = batch.prefill({})
-    batched = _decode(_Session(), batch, cache, {}, GenOptions(max_tokens=6))  # type: ignore[arg-type]
+    batched = decode_batch(tiny_lm.model, tiny_lm.tokenizer, batch, cache, {},
+                           GenOptions(max_tokens=6))
     eos = set(tiny_lm.tokenizer.eos_token_ids)
     for seq, got in zip(seqs, batched):
         c = make_prompt_cache(tiny_lm.model)

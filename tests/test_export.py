@@ -295,7 +295,9 @@ def test_exported_vectors_steer_pytorch_like_mlx(tmp_path: Path, default_lm: Loa
     import torch
 
     from conva_mlx.layers import hooked_blocks
-    from conva_mlx.steering import SteerConfig, SteeringSession, Target
+    from conva_mlx.steering import SteerConfig, Target
+    from conva_mlx.steering.engine import PromptBatch
+    from conva_mlx.steering.hooks import PromptModeMeasure, layer_plans, resolve_targets
 
     lm, pack, value, p0 = default_lm, small_pack, "benevolence", 0.97
     ts = _torch_steering_module()
@@ -309,11 +311,12 @@ def test_exported_vectors_steer_pytorch_like_mlx(tmp_path: Path, default_lm: Loa
     n = lm.num_layers
 
     # MLX: gate score (unsteered) and prompt-mode steered states at every block
-    session = SteeringSession(lm, pack)
+    pack.check_model(lm.model_id, lm.fingerprint)
     cfg = SteerConfig([Target(value, p0)], gate=False)
-    plans = session._plan(cfg, session._resolve(cfg.targets))
     tokens = mx.array(ids)
-    fixed = session._measure_prompt_mode(tokens, plans)[1]
+    measure = PromptModeMeasure(layer_plans(pack, cfg, resolve_targets(pack, cfg.targets)))
+    PromptBatch(lm.model, [tokens]).prefill(measure.hooks())
+    fixed = measure.generation_hooks()
     mlx_delta = {k: np.array(fixed[k](k, mx.zeros((1, 1, lm.hidden_size)))[0, 0])
                  for k in layers}
     mlx_states: dict[int, np.ndarray] = {}
@@ -334,7 +337,7 @@ def test_exported_vectors_steer_pytorch_like_mlx(tmp_path: Path, default_lm: Loa
     assert pack.gate is not None
     with hooked_blocks(lm.model, {pack.gate.layer: read_gate}):
         lm.model(tokens[None])
-    mlx_gate = session.gate_score_from_state(gate_state[pack.gate.layer])
+    mlx_gate = float(pack.gate.scores(gate_state[pack.gate.layer][None, :])[0])
 
     # PyTorch: the documented hooks, plus recorders registered after them
     torch_states: dict[int, np.ndarray] = {}

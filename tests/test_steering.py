@@ -16,6 +16,7 @@ from conva_mlx.layers import BlockHook, hooked_blocks
 from conva_mlx.loading import LoadedModel
 from conva_mlx.pack import Pack
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
+from conva_mlx.steering.hooks import resolve_targets
 
 DILEMMA = ("My coworker is overwhelmed and asked me to help her finish a report tonight, "
            "but I planned to relax. What should I do?")
@@ -62,7 +63,7 @@ def test_prompt_mode_reaches_p0_at_every_steered_layer(session: SteeringSession,
     assert [r.index for r in result.layers] == layers
     # Re-apply the reported deltas independently and read the states back.
     prompt = session.build_prompt([{"role": "user", "content": DILEMMA}], cfg,
-                                  session._resolve(cfg.targets))
+                                  resolve_targets(small_pack, cfg.targets))
     plain = _last_token_states(default_lm, prompt, layers, {})
     deltas = {r.index: r for r in result.layers}
     assert any(_p(plain[k], small_pack, "benevolence", k) < p0 for k in layers)

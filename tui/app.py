@@ -14,13 +14,21 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, LoadingIndicator, Static
 
-from conva_mlx.errors import ConvaError
-from conva_mlx.extract import extract_pack
+from conva_mlx import (
+    ConvaError,
+    GenOptions,
+    LoadedModel,
+    Pack,
+    SteerConfig,
+    SteeringSession,
+    extract,
+    load_model,
+    open_pack,
+    parse_values,
+    resolve_pack_path,
+    save_pack,
+)
 from conva_mlx.fsutil import atomic_write_text, cache_dir
-from conva_mlx.loading import LoadedModel, load_model
-from conva_mlx.pack import ModelInfo, Pack, save_pack
-from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
-from conva_mlx.values import parse_values
 
 from .presets import list_presets, load_preset, save_preset
 from .screens import ExtractScreen, HelpScreen, PackScreen, PresetScreen, binding_rows
@@ -120,7 +128,8 @@ class ChatApp(App[None]):
 
     def _refresh_status(self) -> None:
         model = self.lm.model_id if self.lm else f"{self.model_spec} (loading)"
-        gate_note = "" if self.session is None or self.session.pack.gate else " (pack has none)"
+        pack = self.session.pack if self.session else None
+        gate_note = "" if pack is None or pack.gate else " (pack has none)"
         line = (f"model {model} · pack {self.pack_label} · {self.settings.describe()}{gate_note}"
                 f" · compare {'on' if self.settings.compare else 'off'}")
         self.query_one(StatusBar).update(line)
@@ -151,9 +160,7 @@ class ChatApp(App[None]):
         self.lm = lm
         self.query_one("#loading").display = False
         self.query_one("#welcome", Static).update(WELCOME)
-        empty = Pack(ModelInfo(lm.model_id, lm.fingerprint, lm.architecture, lm.hidden_size,
-                               lm.num_layers), {}, None)
-        self.session = SteeringSession(lm, empty)  # plain chat until a pack is chosen
+        self.session = SteeringSession(lm)  # plain chat until a pack is chosen
         if self._initial_pack is not None:
             self.use_pack(self._initial_pack, None, "given")
         elif self.pack_spec:
@@ -194,8 +201,6 @@ class ChatApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="io")
     def _open_pack(self, spec: str) -> None:
-        from conva_mlx.cli.packs import open_pack, resolve_pack_path
-
         try:
             path = resolve_pack_path(spec)
             pack = open_pack(str(path))
@@ -238,8 +243,8 @@ class ChatApp(App[None]):
         assert self.lm is not None
         out = packs_dir(self.state_dir, self.lm.fingerprint)
         try:
-            pack = extract_pack(self.lm, values, show_progress=False,
-                                stage=lambda n, d, t: self.call_from_thread(screen.stage, n, d, t))
+            pack = extract(self.lm, values,
+                           on_stage=lambda n, d, t: self.call_from_thread(screen.stage, n, d, t))
             save_pack(pack, out, overwrite=True)  # the app's own pack folder for this model
         except Exception as exc:
             self.call_from_thread(self._extract_done, screen, None, f"extraction failed: {exc}")
@@ -284,7 +289,7 @@ class ChatApp(App[None]):
     def _submit(self, text: str) -> None:
         assert self.session is not None
         cfg = self.settings.steer_config()
-        if self.session.pack.gate is None:
+        if self.session.pack is None or self.session.pack.gate is None:
             cfg.gate = False
         turn = Turn(text, self.settings.describe())
         messages = [*history(self.turns), {"role": "user", "content": text}]
@@ -410,7 +415,7 @@ class ChatApp(App[None]):
         except (ConvaError, ValueError, TypeError, AttributeError) as exc:
             self._error(f"could not load preset '{name}': {exc}")
             return
-        available = set(self.session.pack.values) if self.session else set()
+        available = set(self.session.pack.values) if self.session and self.session.pack else set()
         dropped = [v for v, s in self.settings.active() if v not in available]
         for v in dropped:
             self.settings.values[v].direction = "off"

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from conva_mlx.errors import ConvaError
+from conva_mlx import ConvaError
 from conva_mlx.fsutil import atomic_write_json
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")

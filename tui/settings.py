@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from conva_mlx.steering import SteerConfig, Target
-from conva_mlx.values import GROUPS, VALUE_NAMES
+from conva_mlx import VALUE_GROUPS, VALUE_NAMES, SteerConfig, Target
 
 Direction = Literal["off", "toward", "away"]
 DIRECTIONS: tuple[Direction, ...] = ("off", "toward", "away")
@@ -19,10 +18,10 @@ def clamp_p0(p0: float) -> float:
 
 
 def panel_groups() -> list[tuple[str, list[str]]]:
-    """GROUPS with every value shown once (hedonism, shared by two groups, stays in the first)."""
+    """VALUE_GROUPS, each value shown once (hedonism, in two groups, stays in the first)."""
     seen: set[str] = set()
     out = []
-    for group, names in GROUPS.items():
+    for group, names in VALUE_GROUPS.items():
         fresh = [n for n in names if n not in seen]
         seen.update(fresh)
         out.append((group, fresh))
@@ -34,7 +33,7 @@ def panel_groups() -> list[tuple[str, list[str]]]:
 
 def shared_groups(value: str) -> list[str]:
     """Groups a value belongs to (hedonism: two)."""
-    return [g for g, names in GROUPS.items() if value in names]
+    return [g for g, names in VALUE_GROUPS.items() if value in names]
 
 
 @dataclass

@@ -63,7 +63,7 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
     opts = ExtractOptions(layers=parse_layers(layers_spec, lm.num_layers),
                           default_p0=default_p0, with_nocc=not no_ablation,
                           with_gate=not no_gate)
-    pack = extract_pack(lm, values, data, opts)
+    pack = extract_pack(lm, values, data, opts, show_progress=True)
     save_pack(pack, out_dir, overwrite=force)
     plot = plot_accuracy_by_layer({n: v.probes.accuracies for n, v in pack.values.items()},
                                   {n: v.layers for n, v in pack.values.items()},

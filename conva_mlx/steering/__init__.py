@@ -1,0 +1,27 @@
+"""Gated minimal steering (ConVA) and its baselines (CAA, ICA) over mlx-lm.
+
+config: what to steer and how; hooks: the block hooks and per-block plans; engine: the
+prefills and batched decoding every call goes through; session: `SteeringSession`;
+context: `steered`, steering inside any mlx-lm decode loop; reports: the diagnostics.
+"""
+
+from .config import (
+    METHODS,
+    MODES,
+    GenOptions,
+    Method,
+    Mode,
+    SteerConfig,
+    Target,
+    ica_prefix,
+    parse_targets,
+)
+from .context import SteeringHandle, steered
+from .reports import GateReport, GenerationResult, LayerReport
+from .session import Prepared, SteeringSession, StreamPiece
+
+__all__ = [
+    "METHODS", "MODES", "GateReport", "GenOptions", "GenerationResult", "LayerReport",
+    "Method", "Mode", "Prepared", "SteerConfig", "SteeringHandle", "SteeringSession",
+    "StreamPiece", "Target", "ica_prefix", "parse_targets", "steered",
+]

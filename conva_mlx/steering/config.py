@@ -1,0 +1,103 @@
+"""What to steer and how: targets, the steering configuration, decoding options."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from ..errors import ConvaError
+from ..values import check_value, load_values
+
+Method = Literal["conva", "caa", "ica", "none"]
+Mode = Literal["prompt", "token"]
+METHODS: tuple[str, ...] = get_args(Method)
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One value to steer: toward it (P >= p0) or away from it (P <= 1 - p0)."""
+
+    value: str
+    p0: float | None = None  # None = the pack's default
+    away: bool = False
+
+    def __post_init__(self) -> None:
+        check_value(self.value)
+        if self.p0 is not None and not 0.5 <= self.p0 < 1.0:
+            raise ConvaError(f"strength P0 must be in [0.5, 1), got {self.p0}")
+
+    @classmethod
+    def parse(cls, spec: str, away: bool = False) -> Target:
+        """'benevolence' or 'benevolence:0.97'."""
+        name, _, p = spec.partition(":")
+        p0 = None
+        if p:
+            try:
+                p0 = float(p)
+            except ValueError as exc:
+                raise ConvaError(f"bad strength '{p}' in '{spec}' (use e.g. {name}:0.95)") from exc
+        return cls(name.strip(), p0, away)
+
+
+TargetSpec = Target | str
+
+
+def parse_targets(specs: TargetSpec | Sequence[TargetSpec]) -> list[Target]:
+    """Targets from Target objects and/or 'value[:p0]' strings (one string or a list)."""
+    items = [specs] if isinstance(specs, (str, Target)) else list(specs)
+    return [t if isinstance(t, Target) else Target.parse(t) for t in items]
+
+
+@dataclass(init=False)
+class SteerConfig:
+    """How to steer. `targets` takes Target objects or strings such as 'benevolence:0.97'."""
+
+    targets: list[Target]
+    method: Method
+    mode: Mode
+    gate: bool
+    probes: Literal["cc", "nocc"]  # nocc = the non-context-controlled ablation
+    caa_coef: float
+    negative_prompt: bool  # prepend "You have low level of {value}..."
+    layers: list[int] | None  # override the pack's per-value layers
+
+    def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (), method: Method = "conva",
+                 mode: Mode = "prompt", gate: bool = True, probes: Literal["cc", "nocc"] = "cc",
+                 caa_coef: float = 1.0, negative_prompt: bool = False,
+                 layers: list[int] | None = None) -> None:
+        self.targets = parse_targets(targets)
+        self.method, self.mode, self.gate, self.probes = method, mode, gate, probes
+        self.caa_coef, self.negative_prompt, self.layers = caa_coef, negative_prompt, layers
+        if method not in METHODS:
+            raise ConvaError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+        if mode not in MODES:
+            raise ConvaError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+        toward = {t.value for t in self.targets if not t.away}
+        both = sorted(toward & {t.value for t in self.targets if t.away})
+        if both:
+            raise ConvaError(f"cannot steer both toward and away from {', '.join(both)}")
+
+
+@dataclass
+class GenOptions:
+    max_tokens: int = 200
+    temp: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConvaError(f"max tokens must be at least 1, got {self.max_tokens}")
+        if not self.temp >= 0:  # also refuses NaN
+            raise ConvaError(f"temperature must be >= 0, got {self.temp}")
+        if not 0 < self.top_p <= 1:
+            raise ConvaError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def ica_prefix(value: str, low: bool = False) -> str:
+    """ICA's instruction: "You have high (low) level of {value}. {Value} means ..."."""
+    v = load_values()[value]
+    level = "low" if low else "high"
+    return f"You have {level} level of {value}. {v.title} means {v.definition}."

@@ -1,0 +1,173 @@
+"""The steering engine: one prompt or many, as one left-padded batch (one prompt = a batch of 1).
+
+1. ConVA with the gate: an unsteered prefill reads each row's gate score at its templated
+   query's last token. A closed gate keeps that cache, so the row stays exactly unsteered.
+2. The steering prefill: prompt mode measures each row's delta_l from its own last-token
+   state (closed rows get delta 0) and adds it at every position; token mode recomputes it
+   at every position (one row only); CAA adds fixed vectors; none / ICA run no hooks.
+3. Each prefill trims the last prompt token from its cache; decoding feeds it again with
+   the generation hooks. One row is handed to mlx-lm's `stream_generate` (any cache type,
+   streaming); several rows decode together in mlx-lm's `BatchKVCache` (`decode_batch`).
+Decoding a small model on a CPU is memory-bound, so B rows cost little more than one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import make_sampler
+
+from ..gate import Gate
+from ..layers import BlockHook, hooked_blocks
+from ..pack import Pack
+from .config import GenOptions, SteerConfig, Target
+from .hooks import (
+    PromptModeMeasure,
+    TokenStats,
+    add_fixed,
+    caa_deltas,
+    caa_reports,
+    layer_plans,
+    token_mode_hooks,
+)
+from .reports import GateReport, LayerReport
+
+UNGATED = GateReport(None, True, None, False)
+
+
+def supports_batching(model: Any) -> bool:
+    """Only plain KV caches have a batched (left-padded) counterpart in mlx-lm."""
+    return all(type(c) is KVCache for c in make_prompt_cache(model))
+
+
+def left_pad(seqs: list[mx.array]) -> tuple[mx.array, list[int]]:
+    """Stack token sequences right-aligned; returns (B, L) tokens and each row's padding."""
+    width = max(int(s.size) for s in seqs)
+    pads = [width - int(s.size) for s in seqs]
+    rows = [mx.concatenate([mx.zeros((p,), dtype=s.dtype), s]) if p else s
+            for s, p in zip(seqs, pads)]
+    return mx.stack(rows), pads
+
+
+class PromptBatch:
+    """Left-padded prompts, where each row's gate reads, and the caches they need."""
+
+    def __init__(self, model: Any, tokens: list[mx.array],
+                 gate_index: list[int] | None = None) -> None:
+        self.model = model
+        self.tokens, self.pads = left_pad(tokens)
+        self.size = len(tokens)
+        index = gate_index if gate_index is not None else [int(t.size) - 1 for t in tokens]
+        self.gate_cols = [pad + i for pad, i in zip(self.pads, index)]
+        self.logits: mx.array | None = None  # (B, vocab) after the last prefill
+
+    def new_cache(self) -> list[Any]:
+        # One unpadded row takes the model's own caches (any kind; stream_generate takes them).
+        if self.size == 1:
+            return make_prompt_cache(self.model)
+        return [BatchKVCache(self.pads) for _ in make_prompt_cache(self.model)]
+
+    def prefill(self, hooks: dict[int, BlockHook]) -> list[Any]:
+        """Run the prompts with `hooks`, keep the last logits, trim the last token's cache."""
+        cache = self.new_cache()
+        with hooked_blocks(self.model, hooks):
+            self.logits = self.model(self.tokens, cache=cache)[:, -1]
+        if self.size == 1:
+            mx.eval(self.logits, [c.state for c in cache])
+            trim_prompt_cache(cache, 1)
+        else:  # BatchKVCache.state also holds python ints
+            mx.eval(self.logits, [c.state[:2] for c in cache])
+            for c in cache:
+                c.trim(1)
+        return cache
+
+    def gate_pass(self, gate: Gate) -> tuple[list[Any], np.ndarray]:
+        """Unsteered prefill; each row's gate score."""
+        rows, cols = mx.arange(self.size), mx.array(self.gate_cols)
+        state: dict[str, mx.array] = {}
+
+        def read_gate(_k: int, h: mx.array) -> mx.array:
+            state["e"] = h[rows, cols]
+            return h
+
+        cache = self.prefill({gate.layer: read_gate})
+        return cache, gate.scores(np.array(state["e"].astype(mx.float32)))
+
+
+@dataclass
+class Prefilled:
+    """A batch after its prefills: ready to decode or to score."""
+
+    cache: list[Any]
+    gates: list[GateReport]
+    hooks: dict[int, BlockHook]  # what decoding adds at every new position
+    reports: list[list[LayerReport]]  # per row (token mode: filled from token_stats)
+    token_stats: TokenStats | None
+    logits: mx.array  # (B, vocab) next-token logits after each prompt
+
+
+def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
+                  targets: list[Target]) -> Prefilled:
+    """Steps 1-2 of the module docstring."""
+    gates = [UNGATED] * batch.size
+    cache: list[Any] | None = None
+    hooks: dict[int, BlockHook] = {}
+    reports: list[list[LayerReport]] = [[] for _ in range(batch.size)]
+    stats: TokenStats | None = None
+    gate = pack.gate if pack is not None else None
+    if cfg.method == "conva" and cfg.gate and gate is not None:
+        cache, scores = batch.gate_pass(gate)
+        gates = [GateReport(float(s), bool(s >= gate.threshold), gate.threshold, True)
+                 for s in scores]
+    if cfg.method == "caa" and pack is not None:
+        deltas = caa_deltas(pack, cfg, targets)
+        hooks = {k: add_fixed(d) for k, d in deltas.items()}
+        cache = batch.prefill(hooks)
+        reports = [caa_reports(deltas) for _ in range(batch.size)]
+    elif cfg.method == "conva" and pack is not None and any(g.open for g in gates):
+        plans = layer_plans(pack, cfg, targets)
+        if cfg.mode == "token":
+            if batch.size != 1:
+                raise ValueError("token mode keeps one sequence's statistics: one row only")
+            hooks, stats = token_mode_hooks(plans)
+            cache = batch.prefill(hooks)
+        else:
+            rows_on = (None if all(g.open for g in gates)
+                       else mx.array([1.0 if g.open else 0.0 for g in gates]))
+            measure = PromptModeMeasure(plans, rows_on)
+            cache = batch.prefill(measure.hooks())
+            hooks, reports = measure.generation_hooks(), measure.reports()
+    elif cache is None:
+        cache = batch.prefill({})
+    assert batch.logits is not None
+    return Prefilled(cache, gates, hooks, reports, stats, batch.logits)
+
+
+def decode_batch(model: Any, tokenizer: Any, batch: PromptBatch, cache: list[Any],
+                 hooks: dict[int, BlockHook], opts: GenOptions) -> list[list[int]]:
+    """Feed each row's trimmed last prompt token, then decode until EOS or max_tokens."""
+    eos = set(tokenizer.eos_token_ids)
+    sampler = make_sampler(temp=opts.temp, top_p=opts.top_p)
+    if opts.seed is not None:
+        mx.random.seed(opts.seed)
+    out: list[list[int]] = [[] for _ in range(batch.size)]
+    finished = [False] * batch.size
+    y = batch.tokens[:, -1]
+    with hooked_blocks(model, hooks):
+        for _ in range(opts.max_tokens):
+            logits = model(y[:, None], cache=cache)[:, -1].astype(mx.float32)
+            y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+            for i, t in enumerate(np.array(y).tolist()):
+                if finished[i]:
+                    continue
+                if t in eos:
+                    finished[i] = True
+                else:
+                    out[i].append(t)
+            if all(finished):
+                break
+    return out

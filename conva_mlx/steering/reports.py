@@ -1,0 +1,94 @@
+"""What a steered generation reports: the gate's decision and each steered block's change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import Target
+
+
+@dataclass
+class LayerReport:
+    index: int
+    p_before: dict[str, float]
+    p_after: dict[str, float]
+    delta_norm: float
+    min_p_after: dict[str, float] = field(default_factory=dict)  # token mode: over tokens
+
+    def as_dict(self, first: str | None) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "delta_norm": round(self.delta_norm, 6)}
+        if first is not None and first in self.p_before:
+            d["p_before"] = round(self.p_before[first], 6)
+            d["p_after"] = round(self.p_after[first], 6)
+        d["per_value"] = {v: {"p_before": round(self.p_before[v], 6),
+                              "p_after": round(self.p_after[v], 6),
+                              **({"min_p_after": round(self.min_p_after[v], 6)}
+                                 if v in self.min_p_after else {})}
+                          for v in self.p_before}
+        return d
+
+@dataclass
+class GateReport:
+    score: float | None
+    open: bool
+    threshold: float | None
+    used: bool
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]
+    gate: GateReport
+    layers: list[LayerReport]
+    method: str
+    mode: str
+    targets: list[Target]
+    prompt_tokens: int = 0
+    generation_tps: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def steered(self) -> bool:
+        return bool(self.layers)
+
+    def as_dict(self) -> dict[str, Any]:
+        first = self.targets[0].value if self.targets else None
+        return {
+            "text": self.text,
+            "method": self.method,
+            "mode": self.mode,
+            "targets": [{"value": t.value, "p0": t.p0, "away": t.away} for t in self.targets],
+            "gate": {"score": None if self.gate.score is None else round(self.gate.score, 6),
+                     "open": self.gate.open, "threshold": self.gate.threshold,
+                     "used": self.gate.used},
+            "layers": [r.as_dict(first) for r in self.layers],
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": len(self.tokens),
+            "generation_tps": round(self.generation_tps, 2),
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        """One compact diagnostics line (used by the CLI and the chat)."""
+        g = self.gate
+        gate = ("gate off" if not g.used else
+                f"gate {g.score:.2f} {'open' if g.open else 'closed'}" if g.score is not None
+                else "gate n/a")
+        if not self.layers:
+            return f"{gate} · {self.method}: no change"
+        norms = [r.delta_norm for r in self.layers]
+        parts = []
+        for t in self.targets:
+            if not any(t.value in r.p_before for r in self.layers):
+                parts.append(f"{t.value}{'↓' if t.away else '↑'} fixed vector")
+                continue
+            before = np.mean([r.p_before.get(t.value, np.nan) for r in self.layers])
+            after = np.mean([r.p_after.get(t.value, np.nan) for r in self.layers])
+            arrow = "↓" if t.away else "↑"
+            parts.append(f"{t.value}{arrow} P {before:.2f}→{after:.2f}")
+        return (f"{gate} · {self.method}/{self.mode} · {len(self.layers)} layers · "
+                f"|δ| mean {np.mean(norms):.2f} · " + ", ".join(parts))
+

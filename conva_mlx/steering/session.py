@@ -1,0 +1,201 @@
+"""`SteeringSession`: steer one loaded model with one pack (or chat plainly without one).
+
+Every call validates the request (`prepare`), runs the engine's prefills on a batch of the
+prompts (engine.py), then decodes: one prompt through mlx-lm's `stream_generate` (so text
+streams piece by piece), several together in one batch. Several values at one block are
+combined as the minimum-norm delta satisfying all of their constraints (perturbation.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import mlx.core as mx
+from mlx_lm import stream_generate
+from mlx_lm.sample_utils import make_sampler
+
+from ..errors import ConvaError
+from ..layers import hooked_blocks
+from ..loading import LoadedModel
+from ..pack import Pack
+from .config import GenOptions, SteerConfig, Target, ica_prefix
+from .engine import Prefilled, PromptBatch, decode_batch, steer_prefill, supports_batching
+from .hooks import check_probes, resolve_targets
+from .reports import GateReport, GenerationResult
+
+Messages = list[dict[str, str]] | str
+
+
+class Prepared(NamedTuple):
+    """A validated request: resolved targets, prompt tokens, where the gate reads."""
+
+    targets: list[Target]
+    tokens: mx.array
+    gate_index: int  # position of the templated query's last token
+
+
+@dataclass
+class StreamPiece:
+    """One piece of a streamed reply, like mlx-lm's GenerationResponse.
+
+    `result` (text, tokens and the steering diagnostics) is set on the last piece only."""
+
+    text: str
+    token: int | None  # None for the end-of-sequence token
+    finish_reason: str | None  # "stop" (EOS), "length" (max tokens) or None
+    gate: GateReport
+    result: GenerationResult | None = None
+
+
+class SteeringSession:
+    """Steer one loaded model with one pack. Without a pack only methods none and ica run."""
+
+    def __init__(self, lm: LoadedModel, pack: Pack | None = None) -> None:
+        if pack is not None:
+            pack.check_model(lm.model_id, lm.fingerprint)
+        self.lm = lm
+        self.pack = pack
+
+    # ----- validation -------------------------------------------------------------
+    def build_prompt(self, messages: list[dict[str, str]], cfg: SteerConfig,
+                     targets: list[Target]) -> str:
+        msgs = [dict(m) for m in messages]
+        prefixes = []
+        if cfg.negative_prompt:
+            prefixes += [ica_prefix(t.value, low=True) for t in targets]
+        if cfg.method == "ica":
+            prefixes += [ica_prefix(t.value, low=t.away) for t in targets]
+        if prefixes:
+            last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+            msgs[last_user]["content"] = " ".join(prefixes) + " " + msgs[last_user]["content"]
+        return self.lm.chat_prompt(msgs)
+
+    def prepare(self, messages: Messages, cfg: SteerConfig, reply_prefix: str = "") -> Prepared:
+        """Validate the settings; return the resolved targets and the prompt's tokens."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if not messages or not str(messages[-1].get("content", "")).strip():
+            raise ConvaError("the prompt is empty")
+        if self.pack is None and cfg.method in ("conva", "caa"):
+            raise ConvaError(f"method {cfg.method} needs a pack (only none and ica run without)")
+        targets = resolve_targets(self.pack, cfg.targets)
+        if cfg.method != "none" and not targets:
+            raise ConvaError("choose at least one value to steer (or method none)")
+        if self.pack is not None and cfg.method == "conva":
+            check_probes(self.pack, targets)
+            if cfg.gate and self.pack.gate is None:
+                raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
+        prompt = self.build_prompt(messages, cfg, targets)
+        ids = list(self.lm.tokenizer.encode(prompt + reply_prefix))
+        if len(ids) < 2:
+            raise ConvaError("the prompt is empty")
+        self.lm.check_prompt_length(len(ids))
+        # The gate was trained on the templated query's last token: read it there, not
+        # after a reply prefix such as "Answer:".
+        gate_index = len(ids) - 1
+        if reply_prefix:
+            head = list(self.lm.tokenizer.encode(prompt))
+            if ids[:len(head)] == head:
+                gate_index = len(head) - 1
+        return Prepared(targets, mx.array(ids), gate_index)
+
+    def _prefill(self, prepared: list[Prepared], cfg: SteerConfig
+                 ) -> tuple[PromptBatch, Prefilled]:
+        batch = PromptBatch(self.lm.model, [p.tokens for p in prepared],
+                            [p.gate_index for p in prepared])
+        return batch, steer_prefill(batch, self.pack, cfg, prepared[0].targets)
+
+    def _batchable(self, n: int, cfg: SteerConfig) -> bool:
+        return n > 1 and cfg.mode != "token" and supports_batching(self.lm.model)
+
+    # ----- generation -----------------------------------------------------------
+    def stream(self, messages: Messages, cfg: SteerConfig,
+               opts: GenOptions | None = None) -> Iterator[StreamPiece]:
+        """Yield the reply piece by piece (like mlx-lm's `stream_generate`); the last piece
+        carries the whole `GenerationResult`. Closing the generator early restores the model."""
+        return self._pieces(self.prepare(messages, cfg), cfg, opts or GenOptions(), None)
+
+    def generate(self, messages: Messages, cfg: SteerConfig, opts: GenOptions | None = None,
+                 on_text: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+        """Generate a reply; stream text pieces to `on_text`; return text and diagnostics.
+
+        `should_stop()` returning True ends the reply early (the result holds what came)."""
+        prepared = self.prepare(messages, cfg)
+        for piece in self._pieces(prepared, cfg, opts or GenOptions(), should_stop):
+            if on_text and piece.text:
+                on_text(piece.text)
+            if piece.result is not None:
+                return piece.result
+        raise AssertionError("the reply ended without a result")  # pragma: no cover
+
+    def _pieces(self, prepared: Prepared, cfg: SteerConfig, opts: GenOptions,
+                should_stop: Callable[[], bool] | None) -> Iterator[StreamPiece]:
+        start = time.perf_counter()
+        _, pre = self._prefill([prepared], cfg)
+        gate = pre.gates[0]
+        sampler = make_sampler(temp=opts.temp, top_p=opts.top_p)
+        if opts.seed is not None:
+            mx.random.seed(opts.seed)
+        pieces: list[str] = []
+        tokens: list[int] = []
+        with hooked_blocks(self.lm.model, pre.hooks):
+            for resp in stream_generate(self.lm.model, self.lm.tokenizer, prepared.tokens[-1:],
+                                        max_tokens=opts.max_tokens, sampler=sampler,
+                                        prompt_cache=pre.cache):
+                token = None if resp.finish_reason == "stop" else int(resp.token)
+                pieces.append(resp.text)
+                if token is not None:
+                    tokens.append(token)
+                stopped = should_stop is not None and should_stop()
+                result = None
+                if resp.finish_reason is not None or stopped:
+                    reports = (pre.token_stats.reports() if pre.token_stats is not None
+                               else pre.reports[0])
+                    result = GenerationResult(
+                        "".join(pieces), tokens, gate, reports, cfg.method, cfg.mode,
+                        prepared.targets, int(prepared.tokens.size), resp.generation_tps,
+                        time.perf_counter() - start)
+                yield StreamPiece(resp.text, token, resp.finish_reason, gate, result)
+                if result is not None:
+                    return
+
+    def generate_batch(self, prompts: list[str], cfg: SteerConfig,
+                       opts: GenOptions | None = None) -> list[GenerationResult]:
+        """Replies to several single-turn prompts with the same settings, decoded together.
+
+        Same decisions per prompt as `generate` (gate, minimal delta from its own state);
+        token mode and models without plain KV caches run prompt by prompt."""
+        opts = opts or GenOptions()
+        if not self._batchable(len(prompts), cfg):
+            return [self.generate(p, cfg, opts) for p in prompts]
+        start = time.perf_counter()
+        prepared = [self.prepare(p, cfg) for p in prompts]
+        batch, pre = self._prefill(prepared, cfg)
+        out = decode_batch(self.lm.model, self.lm.tokenizer, batch, pre.cache, pre.hooks, opts)
+        seconds = (time.perf_counter() - start) / batch.size
+        return [GenerationResult(self.lm.tokenizer.decode(toks), toks, g, rep, cfg.method,
+                                 cfg.mode, p.targets, int(p.tokens.size), 0.0, seconds)
+                for toks, g, rep, p in zip(out, pre.gates, pre.reports, prepared)]
+
+    # ----- scoring ----------------------------------------------------------------
+    def next_token_logits(self, messages: Messages, cfg: SteerConfig,
+                          reply_prefix: str = "") -> tuple[mx.array, GateReport]:
+        """Logits (vocab,) for the next token after the templated prompt + `reply_prefix`.
+
+        For scoring (e.g. MCQs). Same decisions as `generate`: the gate on the unsteered pass,
+        then the steered pass (prompt mode: the measuring pass; token mode: per-position
+        deltas)."""
+        _, pre = self._prefill([self.prepare(messages, cfg, reply_prefix)], cfg)
+        return pre.logits[0], pre.gates[0]
+
+    def next_token_logits_batch(self, prompts: list[str], cfg: SteerConfig,
+                                reply_prefix: str = "") -> list[tuple[mx.array, GateReport]]:
+        """`next_token_logits` for several single-turn prompts, run as one batch."""
+        if not self._batchable(len(prompts), cfg):
+            return [self.next_token_logits(p, cfg, reply_prefix) for p in prompts]
+        _, pre = self._prefill([self.prepare(p, cfg, reply_prefix) for p in prompts], cfg)
+        return [(pre.logits[i], g) for i, g in enumerate(pre.gates)]
