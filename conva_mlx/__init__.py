@@ -26,8 +26,8 @@ _EXPORTS: dict[str, str] = {
     "save_pack": "conva_mlx.pack",
     "load_pack": "conva_mlx.pack",
     "open_pack": "conva_mlx.pack_source",
-    "extract": "conva_mlx.extract",
-    "ExtractOptions": "conva_mlx.extract",
+    "extract": "conva_mlx.extraction",
+    "ExtractOptions": "conva_mlx.extraction",
     "SteeringSession": "conva_mlx.steering",
     "SteerConfig": "conva_mlx.steering",
     "Target": "conva_mlx.steering",
@@ -52,7 +52,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .errors import ConvaError
-    from .extract import ExtractOptions, extract
+    from .extraction import ExtractOptions, extract
     from .loading import LoadedModel, load_model
     from .pack import Pack, load_pack, save_pack
     from .pack_source import open_pack, resolve_pack_path

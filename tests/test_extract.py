@@ -7,7 +7,7 @@ import pytest
 
 from conva_mlx.capture import CaptureOptions, capture
 from conva_mlx.dataset import ValueData
-from conva_mlx.extract import gate_candidate_layers, gate_layer_stages, gate_texts
+from conva_mlx.extraction import gate_candidate_layers, gate_layer_stages, gate_texts
 from conva_mlx.loading import LoadedModel
 from conva_mlx.pack import Pack
 

@@ -12,7 +12,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Label
 
-from conva_mlx.extract import ExtractOptions, extract_pack
+from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.loading import LoadedModel
 from conva_mlx.pack import Pack, save_pack
 from tui.app import ChatApp

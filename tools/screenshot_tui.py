@@ -14,7 +14,7 @@ from pathlib import Path
 
 from textual.widgets import Input
 
-from conva_mlx.extract import ExtractOptions, extract_pack
+from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.loading import load_model
 from conva_mlx.pack import Pack, load_pack
 from tui.app import ChatApp

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..dataset import ValueData
-from ..extract import ExtractOptions, extract_pack
+from ..extraction import ExtractOptions, extract_pack
 from ..fsutil import check_output_dir
 from ..layers import parse_layers
 from ..loading import load_model
