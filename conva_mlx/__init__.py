@@ -20,12 +20,12 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "ConvaError": "conva_mlx.errors",
-    "LoadedModel": "conva_mlx.loading",
-    "load_model": "conva_mlx.loading",
-    "Pack": "conva_mlx.pack",
-    "save_pack": "conva_mlx.pack",
-    "load_pack": "conva_mlx.pack",
-    "open_pack": "conva_mlx.pack_source",
+    "LoadedModel": "conva_mlx.models.loading",
+    "load_model": "conva_mlx.models.loading",
+    "Pack": "conva_mlx.packs.pack",
+    "save_pack": "conva_mlx.packs.pack",
+    "load_pack": "conva_mlx.packs.pack",
+    "open_pack": "conva_mlx.sharing.pack_source",
     "extract": "conva_mlx.extraction",
     "ExtractOptions": "conva_mlx.extraction",
     "SteeringSession": "conva_mlx.steering",
@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "VALUE_NAMES": "conva_mlx.values",
     "VALUE_GROUPS": "conva_mlx.values",
     "parse_values": "conva_mlx.values",
-    "resolve_pack_path": "conva_mlx.pack_source",
+    "resolve_pack_path": "conva_mlx.sharing.pack_source",
 }
 
 __all__ = [
@@ -51,12 +51,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .errors import ConvaError
-    from .extraction import ExtractOptions, extract
-    from .loading import LoadedModel, load_model
-    from .pack import Pack, load_pack, save_pack
-    from .pack_source import open_pack, resolve_pack_path
-    from .steering import (
+    from conva_mlx.errors import ConvaError
+    from conva_mlx.extraction import ExtractOptions, extract
+    from conva_mlx.models.loading import LoadedModel, load_model
+    from conva_mlx.packs.pack import Pack, load_pack, save_pack
+    from conva_mlx.sharing.pack_source import open_pack, resolve_pack_path
+    from conva_mlx.steering import (
         GateReport,
         GenerationResult,
         GenOptions,
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
         Target,
         steered,
     )
-    from .values import VALUE_GROUPS, VALUE_NAMES, parse_values
+    from conva_mlx.values import VALUE_GROUPS, VALUE_NAMES, parse_values
 
 
 def __getattr__(name: str) -> Any:

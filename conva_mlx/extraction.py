@@ -7,14 +7,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .capture import CaptureOptions, capture
-from .dataset import ValueData
-from .gate import Gate, dilemma_split, query_split, train_gate
-from .loading import LoadedModel
-from .pack import DEFAULT_P0, ModelInfo, Pack, ValueEntry
-from .probes import EXCLUDE_LAST, MIN_ACCURACY, ProbeSet, select_layers, train_probes
-from .progress import ProgressCallback
-from .values import VALUE_NAMES, check_value, parse_values
+from conva_mlx.data.dataset import ValueData
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import DEFAULT_P0, ModelInfo, Pack, ValueEntry
+from conva_mlx.probes.capture import CaptureOptions, capture
+from conva_mlx.probes.gate import Gate, dilemma_split, query_split, train_gate
+from conva_mlx.probes.linear import (
+    EXCLUDE_LAST,
+    MIN_ACCURACY,
+    ProbeSet,
+    select_layers,
+    train_probes,
+)
+from conva_mlx.progress import ProgressCallback
+from conva_mlx.values import VALUE_NAMES, check_value, parse_values
 
 # Receives (stage description, done, total): lets the TUI show extraction progress.
 StageCallback = Callable[[str, int, int], None]

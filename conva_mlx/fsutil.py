@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConvaError
+from conva_mlx.errors import ConvaError
 
 
 def cache_dir() -> Path:
@@ -58,6 +58,40 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def repair_jsonl_tail(path: Path) -> None:
+    """A run killed mid-write can leave a partial last line: drop it. A whole record that
+    only lost its newline keeps its record and gets the newline."""
+    if not path.is_file():
+        return
+    raw = path.read_bytes()
+    if not raw or raw.endswith(b"\n"):
+        return
+    cut = raw.rfind(b"\n") + 1
+    try:
+        json.loads(raw[cut:])
+        complete = True
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        complete = False
+    with open(path, "r+b") as f:
+        if complete:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """One whole line per record, flushed and synced before returning. The file is created
+    by its first record, so a run that fails before producing anything leaves no file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .fsutil import atomic_path
+from conva_mlx.fsutil import atomic_path
 
 
 def plot_accuracy_by_layer(accuracies: dict[str, np.ndarray], selected: dict[str, list[int]],

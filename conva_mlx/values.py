@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .errors import ConvaError
+from conva_mlx.errors import ConvaError
 
 # Circumplex order: neighbours are compatible, opposites conflict (wraps around).
 VALUE_NAMES: tuple[str, ...] = (

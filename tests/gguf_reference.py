@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conva_mlx.gguf_reader import read_gguf_header
+from conva_mlx.models.gguf_reader import read_gguf_header
 
 
 def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

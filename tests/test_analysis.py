@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conva_mlx.analysis import value_structure
 from conva_mlx.cli.main import cli
-from conva_mlx.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
-from conva_mlx.probes import ProbeSet
+from conva_mlx.packs.analysis import value_structure
+from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
+from conva_mlx.probes.linear import ProbeSet
 from conva_mlx.values import VALUE_NAMES
 
 LAYERS, HIDDEN = 4, 8

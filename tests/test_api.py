@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import conva_mlx as cm
-from conva_mlx.layers import HookedBlock, find_blocks
+from conva_mlx.models.layers import HookedBlock, find_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
-from conva_mlx.dataset import SHIPPED_DATA
-from conva_mlx.export_gguf import export_gguf
-from conva_mlx.pack import load_pack
+from conva_mlx.data.dataset import SHIPPED_DATA
+from conva_mlx.packs.pack import load_pack
+from conva_mlx.sharing.export_gguf import export_gguf
 
 Setup = Callable[["Env"], list[str]]
 
@@ -97,7 +97,7 @@ def _pack_json(path: list[str], value: object, command: str) -> Setup:
 def _swap_vectors(env: Env) -> list[str]:
     """Another pack's tensors (same model and values, another gate), with pack.json's
     checksum updated to match them."""
-    from conva_mlx.pack import save_pack
+    from conva_mlx.packs.pack import save_pack
 
     a = env.pack("a")
     other = load_pack(env.pack_src)
@@ -330,7 +330,7 @@ def test_data_validate_reports_non_utf8_bytes_with_file_and_line(
 
 def test_force_replaces_a_pack_and_keeps_files_that_are_not_part_of_it(
         tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
-    from conva_mlx.pack import save_pack
+    from conva_mlx.packs.pack import save_pack
 
     env = Env(tmp_path, *env_sources)
     d = env.pack()
@@ -393,7 +393,7 @@ def test_a_pack_without_a_pack_id_loads_with_one_warning(
 
 def test_eval_values_follow_the_prompts_file(tmp_path: Path) -> None:
     from conva_mlx.errors import ConvaError
-    from conva_mlx.evaluate import prompt_file_values
+    from conva_mlx.evaluation.runner import prompt_file_values
 
     f = tmp_path / "p.jsonl"
     f.write_text('{"value": "power", "prompt": "a"}\n{"value": "benevolence", "prompt": "b"}\n'

@@ -6,8 +6,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conva_mlx.loading import LoadedModel
-from conva_mlx.pack import Pack
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
 from conva_mlx.steering.engine import PromptBatch, decode_batch, left_pad, supports_batching
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from conva_mlx.blas import find_openblas, gemv_shim, preload_env
+from conva_mlx.models.blas import find_openblas, gemv_shim, preload_env
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or find_openblas() is None or gemv_shim() is None,
@@ -23,7 +23,7 @@ _SCRIPT = textwrap.dedent("""
     import json
     import mlx.core as mx
     import numpy as np
-    from conva_mlx.blas import gemv_forwarded_calls
+    from conva_mlx.models.blas import gemv_forwarded_calls
 
     rng = np.random.default_rng(0)
     def arr(*shape):
@@ -78,7 +78,7 @@ def test_without_shim_nothing_is_forwarded() -> None:
 
 def test_cli_reexec_preloads_shim_and_openblas() -> None:
     """A process started without LD_PRELOAD re-executes itself once with both libraries."""
-    script = ("from conva_mlx.blas import maybe_reexec_with_openblas, gemv_forwarded_calls, "
+    script = ("from conva_mlx.models.blas import maybe_reexec_with_openblas, gemv_forwarded_calls, "
               "preload_active\nmaybe_reexec_with_openblas()\n"
               "print(preload_active(), gemv_forwarded_calls())")
     env = {k: v for k, v in os.environ.items()

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conva_mlx.capture import CaptureOptions, capture
-from conva_mlx.loading import LoadedModel
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.probes.capture import CaptureOptions, capture
 
 TEXTS = [
     "I offered to carry my neighbour's groceries up the stairs.",

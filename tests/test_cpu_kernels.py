@@ -7,8 +7,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from conva_mlx.cpu_kernels import fast_exp, fast_silu, fast_swiglu, install_fast_swiglu
-from conva_mlx.loading import LoadedModel
+from conva_mlx.models.cpu_kernels import fast_exp, fast_silu, fast_swiglu, install_fast_swiglu
+from conva_mlx.models.loading import LoadedModel
 from tests.tiny_models import ARCHS
 
 

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conva_mlx.data_generate import (
+from conva_mlx.data.generate import (
     GenerateConfig,
     extract_json_object,
     generate_pairs,
     parse_positives,
 )
-from conva_mlx.data_validate import pair_problems
+from conva_mlx.data.validate import pair_problems
 from conva_mlx.errors import ConvaError
 
 SECRET = "sk-test-do-not-leak-1234"

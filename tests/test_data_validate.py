@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conva_mlx.data_validate import (
+from conva_mlx.data.dataset import SHIPPED_DATA
+from conva_mlx.data.validate import (
     _candidates,
     pair_problems,
     token_similarity,
     validate_data,
 )
-from conva_mlx.dataset import SHIPPED_DATA
 
 Record = dict[str, Any]
 

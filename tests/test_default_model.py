@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mlx_lm import generate
 
-from conva_mlx.default_model import ensure_default_model
-from conva_mlx.loading import LoadedModel
+from conva_mlx.models.default_model import ensure_default_model
+from conva_mlx.models.loading import LoadedModel
 
 
 def test_default_model_is_prepared_from_scratch_keeping_quantization(

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.evaluate import (
+from conva_mlx.evaluation.judges import Judgement, Verdict
+from conva_mlx.evaluation.runner import (
     EvalContext,
     EvalOptions,
     JsonlStore,
@@ -21,10 +22,9 @@ from conva_mlx.evaluate import (
     run_eval,
     steer_config,
 )
-from conva_mlx.gate import dilemma_split
-from conva_mlx.judges import Judgement, Verdict
-from conva_mlx.loading import LoadedModel
-from conva_mlx.pack import Pack
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
+from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
 
 

@@ -16,13 +16,13 @@ from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
-from conva_mlx.export_gguf import export_gguf, mean_eps
-from conva_mlx.export_torch import export_safetensors, export_torch
-from conva_mlx.gate import Gate, GateMetrics
-from conva_mlx.import_vector import import_vector, read_control_vector
-from conva_mlx.loading import LoadedModel
-from conva_mlx.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
-from conva_mlx.probes import ProbeSet
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
+from conva_mlx.probes.gate import Gate, GateMetrics
+from conva_mlx.probes.linear import ProbeSet
+from conva_mlx.sharing.export_gguf import export_gguf, mean_eps
+from conva_mlx.sharing.export_torch import export_safetensors, export_torch
+from conva_mlx.sharing.import_vector import import_vector, read_control_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 N_LAYERS, HIDDEN = 8, 16
@@ -294,7 +294,7 @@ def test_exported_vectors_steer_pytorch_like_mlx(tmp_path: Path, default_lm: Loa
     import mlx.core as mx
     import torch
 
-    from conva_mlx.layers import hooked_blocks
+    from conva_mlx.models.layers import hooked_blocks
     from conva_mlx.steering import SteerConfig, Target
     from conva_mlx.steering.engine import PromptBatch
     from conva_mlx.steering.hooks import PromptModeMeasure, layer_plans, resolve_targets
@@ -379,9 +379,9 @@ def test_exported_vectors_steer_pytorch_like_mlx(tmp_path: Path, default_lm: Loa
 
 def test_mean_eps_is_the_documented_formula_on_the_training_sentences(
         default_lm: LoadedModel, small_pack: Pack, tmp_path: Path) -> None:
-    from conva_mlx.capture import CaptureOptions, capture
-    from conva_mlx.dataset import ValueData
-    from conva_mlx.perturbation import logit
+    from conva_mlx.data.dataset import ValueData
+    from conva_mlx.probes.capture import CaptureOptions, capture
+    from conva_mlx.probes.perturbation import logit
 
     entry = small_pack.values["power"]
     k = entry.layers[len(entry.layers) // 2]

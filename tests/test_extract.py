@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conva_mlx.capture import CaptureOptions, capture
-from conva_mlx.dataset import ValueData
+from conva_mlx.data.dataset import ValueData
 from conva_mlx.extraction import gate_candidate_layers, gate_layer_stages, gate_texts
-from conva_mlx.loading import LoadedModel
-from conva_mlx.pack import Pack
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
+from conva_mlx.probes.capture import CaptureOptions, capture
 
 
 @pytest.mark.parametrize("num_layers", [2, 3, 4, 8, 12, 24, 28, 30, 36, 64])

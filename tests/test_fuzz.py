@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.gguf_reader import read_gguf_header
-from conva_mlx.import_vector import read_control_vector
-from conva_mlx.pack import load_pack, save_pack
+from conva_mlx.models.gguf_reader import read_gguf_header
+from conva_mlx.packs.pack import load_pack, save_pack
+from conva_mlx.sharing.import_vector import read_control_vector
 from tests.test_pack import make_pack
 
 FUZZ = settings(max_examples=150, deadline=None,

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
-from conva_mlx.gguf_import import import_gguf
-from conva_mlx.gguf_reader import read_gguf_header
-from conva_mlx.loading import load_model
+from conva_mlx.models.gguf_import import import_gguf
+from conva_mlx.models.gguf_reader import read_gguf_header
+from conva_mlx.models.loading import load_model
 from tests.gguf_reference import llama_reference_logits
 from tests.tiny_models import ARCHS, export_tiny_gguf
 

@@ -14,23 +14,23 @@ from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
-from conva_mlx.judge_check import (
+from conva_mlx.evaluation.judge_check import (
     SHIPPED_LABELS,
     LabelledReply,
     cohen_kappa,
     judge_card,
     load_labels,
 )
-from conva_mlx.judge_registry import judge_card_for
-from conva_mlx.judges import (
+from conva_mlx.evaluation.judge_registry import judge_card_for
+from conva_mlx.evaluation.judges import (
     OfflineJudge,
     OpenAIJudge,
     parse_true_false,
     parse_yes_no,
     repeated_ngram_share,
 )
-from conva_mlx.loading import LoadedModel
-from conva_mlx.stance_judge import StanceJudge
+from conva_mlx.evaluation.stance_judge import StanceJudge
+from conva_mlx.models.loading import LoadedModel
 from tests.local_servers import free_port, running_server
 
 # ----- parsers -----------------------------------------------------------------------------
@@ -92,7 +92,7 @@ REF_COSINE = 0.20369168
 
 
 def test_minilm_matches_the_torch_reference() -> None:
-    from conva_mlx.minilm import MiniLM
+    from conva_mlx.evaluation.minilm import MiniLM
 
     enc = MiniLM()
     e = enc.encode([REF_TEXTS[0], "A filler sentence that makes the batch padded.",
@@ -141,7 +141,7 @@ def test_offline_judge_calls_broken_text_not_fluent(offline_judge: OfflineJudge)
 
 def test_offline_judge_in_batches_equals_one_at_a_time(offline_judge: OfflineJudge,
                                                        default_lm: LoadedModel) -> None:
-    from conva_mlx.judges import reply_perplexities, reply_perplexity
+    from conva_mlx.evaluation.judges import reply_perplexities, reply_perplexity
 
     items = [("benevolence", QUESTION, KIND), ("benevolence", "Hi?", ""),
              ("benevolence", "What should I do this weekend?", SELFISH),
@@ -199,7 +199,7 @@ def test_openai_judge_without_a_key_is_a_clear_error(monkeypatch: pytest.MonkeyP
 def test_openai_judge_with_the_server_down_is_a_clear_error() -> None:
     judge = OpenAIJudge("m", base_url=f"http://127.0.0.1:{free_port()}/v1",
                         api_key_env="none", max_retries=1, backoff=0.01, timeout=2)
-    with pytest.raises(ConvaError, match="failed after 2 tries"):
+    with pytest.raises(ConvaError, match=r"cannot reach the server at .* after 2 attempt"):
         judge.judge("benevolence", QUESTION, KIND)
 
 

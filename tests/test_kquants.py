@@ -18,9 +18,9 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
-from conva_mlx.gguf_import import GROUP_SIZE, REQUANT_BITS, _requantized, dequantize_tensor
-from conva_mlx.gguf_reader import GGML_TYPES, read_gguf_header
-from conva_mlx.wheel_models import QWEN25_05B, fetch_gguf
+from conva_mlx.models.gguf_import import GROUP_SIZE, REQUANT_BITS, _requantized, dequantize_tensor
+from conva_mlx.models.gguf_reader import GGML_TYPES, read_gguf_header
+from conva_mlx.models.wheel_models import QWEN25_05B, fetch_gguf
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +91,9 @@ def test_imported_qwen_matches_a_numpy_forward(qwen_gguf: Path) -> None:
     (re-quantized), it stays close and predicts the same tokens."""
     from mlx.utils import tree_flatten
 
-    from conva_mlx.gguf_import import hf_name
-    from conva_mlx.loading import load_model
-    from conva_mlx.wheel_models import ensure_wheel_model
+    from conva_mlx.models.gguf_import import hf_name
+    from conva_mlx.models.loading import load_model
+    from conva_mlx.models.wheel_models import ensure_wheel_model
     from tests.gguf_reference import reference_logits
 
     lm = load_model(str(ensure_wheel_model(QWEN25_05B)), dtype="float32")

@@ -6,8 +6,8 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
-from conva_mlx.layers import HookedBlock, find_blocks, hooked_blocks, parse_layers
-from conva_mlx.loading import LoadedModel
+from conva_mlx.models.layers import HookedBlock, find_blocks, hooked_blocks, parse_layers
+from conva_mlx.models.loading import LoadedModel
 
 
 def test_blocks_are_found(tiny_lm: LoadedModel) -> None:

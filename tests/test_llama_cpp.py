@@ -18,12 +18,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from conva_mlx.export_gguf import export_gguf, mean_eps
 from conva_mlx.fsutil import cache_dir
-from conva_mlx.loading import LoadedModel, load_model
-from conva_mlx.pack import Pack
+from conva_mlx.models.loading import LoadedModel, load_model
+from conva_mlx.models.wheel_models import QWEN25_05B, ensure_wheel_model
+from conva_mlx.packs.pack import Pack
+from conva_mlx.sharing.export_gguf import export_gguf, mean_eps
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
-from conva_mlx.wheel_models import QWEN25_05B, ensure_wheel_model
 from tests.local_servers import free_port, running_server
 
 LLAMA_VERSION = "11434.0.0"

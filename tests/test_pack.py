@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.gate import Gate, GateMetrics
-from conva_mlx.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
-from conva_mlx.probes import ProbeSet
+from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
+from conva_mlx.probes.gate import Gate, GateMetrics
+from conva_mlx.probes.linear import ProbeSet
 
 LAYERS, HIDDEN = 6, 16
 

@@ -7,7 +7,7 @@ import math
 import mlx.core as mx
 import numpy as np
 
-from conva_mlx.perturbation import HalfSpaces, logit, minimal_delta
+from conva_mlx.probes.perturbation import HalfSpaces, logit, minimal_delta
 
 RNG = np.random.default_rng(0)
 
@@ -90,7 +90,7 @@ def test_batched_positions_get_their_own_delta() -> None:
 
 
 def test_gate_threshold_sits_in_the_middle_of_the_margin() -> None:
-    from conva_mlx.gate import calibrate_threshold, metrics_at
+    from conva_mlx.probes.gate import calibrate_threshold, metrics_at
 
     related = np.array([0.9, 0.95, 0.99])
     unrelated = np.array([0.01, 0.05, 0.1])

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
-from conva_mlx.layers import BlockHook, hooked_blocks
-from conva_mlx.loading import LoadedModel
-from conva_mlx.pack import Pack
+from conva_mlx.models.layers import BlockHook, hooked_blocks
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
 from conva_mlx.steering.hooks import resolve_targets
 

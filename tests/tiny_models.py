@@ -12,7 +12,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.utils import _get_classes
 
-from conva_mlx.gguf_reader import read_gguf_header
+from conva_mlx.models.gguf_reader import read_gguf_header
 
 ARCHS = ("llama", "qwen2", "qwen3")
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from conva_mlx.blas import find_openblas, preload_env
+from conva_mlx.models.blas import find_openblas, preload_env
 
 
 def _worker(dtype: str, n_sentences: int, decode_tokens: int, do_capture: bool) -> dict:
@@ -26,9 +26,9 @@ def _worker(dtype: str, n_sentences: int, decode_tokens: int, do_capture: bool) 
     from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    from conva_mlx.capture import CaptureOptions, capture
-    from conva_mlx.dataset import ValueData
-    from conva_mlx.loading import load_model
+    from conva_mlx.data.dataset import ValueData
+    from conva_mlx.models.loading import load_model
+    from conva_mlx.probes.capture import CaptureOptions, capture
     from conva_mlx.values import VALUE_NAMES
 
     lm = load_model("default", dtype=dtype)

@@ -36,7 +36,7 @@ DECODE_PROMPT = "Tell me about the history of tea."
 
 
 def _sentences() -> list[str]:
-    from conva_mlx.dataset import ValueData
+    from conva_mlx.data.dataset import ValueData
     from conva_mlx.values import VALUE_NAMES
 
     data = ValueData()
@@ -47,8 +47,8 @@ def _sentences() -> list[str]:
 # ----- workers (each runs in a fresh process) ------------------------------------------
 
 def _work_capture(rounds: int) -> dict[str, Any]:
-    from conva_mlx.capture import CaptureOptions, capture
-    from conva_mlx.loading import load_model
+    from conva_mlx.models.loading import load_model
+    from conva_mlx.probes.capture import CaptureOptions, capture
 
     lm = load_model("default")
     texts = _sentences()
@@ -68,7 +68,7 @@ def _work_repeng(rounds: int) -> dict[str, Any]:
     from repeng import ControlModel, ControlVector, DatasetEntry
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from conva_mlx.default_model import find_default_gguf
+    from conva_mlx.models.default_model import find_default_gguf
 
     torch.set_num_threads(os.cpu_count() or 2)
     gguf = find_default_gguf()
@@ -93,7 +93,7 @@ def _work_bandwidth(model: str = "default") -> dict[str, Any]:
     import numpy as np
     from mlx.utils import tree_flatten
 
-    from conva_mlx.loading import load_model
+    from conva_mlx.models.loading import load_model
 
     lm = load_model(model, dtype="float32")
     params = cast(list[tuple[str, Any]], tree_flatten(lm.model.parameters()))
@@ -117,8 +117,8 @@ def _work_decode(rounds: int, model: str = "default", dtype: str = "auto") -> di
     from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    from conva_mlx.blas import gemv_forwarded_calls
-    from conva_mlx.loading import load_model
+    from conva_mlx.models.blas import gemv_forwarded_calls
+    from conva_mlx.models.loading import load_model
 
     lm = load_model(model, dtype=dtype)
     prompt = lm.chat_prompt([{"role": "user", "content": DECODE_PROMPT}])
@@ -137,8 +137,8 @@ def _work_decode(rounds: int, model: str = "default", dtype: str = "auto") -> di
 
 
 def _work_steering(rounds: int, pack_dir: str) -> dict[str, Any]:
-    from conva_mlx.loading import load_model
-    from conva_mlx.pack import load_pack
+    from conva_mlx.models.loading import load_model
+    from conva_mlx.packs.pack import load_pack
     from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
 
     lm = load_model("default")
@@ -170,8 +170,8 @@ def _work_profile() -> dict[str, Any]:
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    from conva_mlx.cpu_kernels import fast_swiglu
-    from conva_mlx.loading import load_model
+    from conva_mlx.models.cpu_kernels import fast_swiglu
+    from conva_mlx.models.loading import load_model
 
     lm = load_model("default")
     inner = lm.model.model
@@ -240,7 +240,7 @@ def _run(kind: str, env: dict[str, str], **kwargs: Any) -> dict[str, Any]:
 
 
 def _env(shim: bool) -> dict[str, str]:
-    from conva_mlx.blas import preload_env
+    from conva_mlx.models.blas import preload_env
 
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env["HF_HUB_OFFLINE"] = "1"
@@ -258,7 +258,7 @@ def _cli() -> str:
 
 
 def _extract_fresh(env: dict[str, str]) -> float:
-    from conva_mlx.loading import resolve_model_path
+    from conva_mlx.models.loading import resolve_model_path
 
     model_dir, _ = resolve_model_path("default")
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,8 +271,8 @@ def _extract_fresh(env: dict[str, str]) -> float:
 
 def _gguf_of(model: str) -> Path:
     """The GGUF file a named model is imported from (the same file llama.cpp reads)."""
-    from conva_mlx.default_model import find_default_gguf
-    from conva_mlx.wheel_models import QWEN25_05B, ensure_wheel_model
+    from conva_mlx.models.default_model import find_default_gguf
+    from conva_mlx.models.wheel_models import QWEN25_05B, ensure_wheel_model
 
     if model == "default":
         return find_default_gguf()

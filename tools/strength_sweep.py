@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.evaluate import EvalContext, EvalOptions, JsonlStore, run_eval
+from conva_mlx.evaluation.judges import OfflineJudge
+from conva_mlx.evaluation.runner import EvalContext, EvalOptions, JsonlStore, run_eval
 from conva_mlx.fsutil import atomic_write_json, atomic_write_text
-from conva_mlx.judges import OfflineJudge
-from conva_mlx.loading import load_model
-from conva_mlx.pack import load_pack
+from conva_mlx.models.loading import load_model
+from conva_mlx.packs.pack import load_pack
 from conva_mlx.plots import plot_strength_sweep
 from conva_mlx.steering import SteeringSession
 from conva_mlx.values import parse_values

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/train_judge.py
 
-Features: conva_mlx.stance_judge.judge_features on the default model (cached after the
+Features: conva_mlx.evaluation.stance_judge.judge_features on the default model (cached after the
 first run, ~5 min on 2 CPU cores). Writes conva_mlx/data/judge/offline-v2.safetensors (the
 head: scaler and logistic regression, float64) and offline-v2.json (the judge card: kappa,
 agreement, per-method CSR, all cross-validated by dilemma).
@@ -15,11 +15,9 @@ import sys
 
 import numpy as np
 
-from conva_mlx.fsutil import atomic_write_json
-from conva_mlx.judge_check import SHIPPED_LABELS, judge_card, labels_digest, load_labels
-from conva_mlx.judges import fluency_verdict, reply_perplexities
-from conva_mlx.loading import load_model
-from conva_mlx.stance_judge import (
+from conva_mlx.evaluation.judge_check import SHIPPED_LABELS, judge_card, labels_digest, load_labels
+from conva_mlx.evaluation.judges import fluency_verdict, reply_perplexities
+from conva_mlx.evaluation.stance_judge import (
     CARD_FILE,
     HEAD_FILE,
     JUDGE_LAYERS,
@@ -31,6 +29,8 @@ from conva_mlx.stance_judge import (
     fit_head,
     judge_features,
 )
+from conva_mlx.fsutil import atomic_write_json
+from conva_mlx.models.loading import load_model
 
 
 def main() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import model_option
+from conva_mlx.cli.options import model_option
 
 
 @click.command()

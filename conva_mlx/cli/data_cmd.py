@@ -9,14 +9,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..data_generate import (
+from conva_mlx.data.dataset import SHIPPED_DATA
+from conva_mlx.data.generate import (
     DEFAULT_BASE_URL,
     DEFAULT_KEY_ENV,
     DEFAULT_MODEL,
     GenerateConfig,
     generate_pairs,
 )
-from ..data_validate import (
+from conva_mlx.data.validate import (
     LENGTH_RATIO_MAX,
     LENGTH_RATIO_MIN,
     MAX_UNCONTROLLED_MEAN,
@@ -26,9 +27,8 @@ from ..data_validate import (
     ValidationReport,
     validate_data,
 )
-from ..dataset import SHIPPED_DATA
-from ..errors import ConvaError
-from ..values import VALUE_NAMES
+from conva_mlx.errors import ConvaError
+from conva_mlx.values import VALUE_NAMES
 
 
 @click.group("data")

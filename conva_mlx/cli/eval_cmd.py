@@ -6,9 +6,12 @@ from pathlib import Path
 
 import click
 
-from ..default_model import DEFAULT_MODEL_ID
-from ..errors import ConvaError
-from ..evaluate import (
+from conva_mlx.cli.options import log, model_option
+from conva_mlx.cli.packs import load_model_for_pack, resolve_pack_path
+from conva_mlx.errors import ConvaError
+from conva_mlx.evaluation.judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
+from conva_mlx.evaluation.judges import Judge, OpenAIJudge
+from conva_mlx.evaluation.runner import (
     EVAL_METHODS,
     EvalContext,
     EvalOptions,
@@ -17,12 +20,9 @@ from ..evaluate import (
     prompt_file_values,
     run_eval,
 )
-from ..judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
-from ..judges import Judge, OpenAIJudge
-from ..steering import GenOptions, SteeringSession
-from ..values import parse_values
-from .options import log, model_option
-from .packs import load_model_for_pack, resolve_pack_path
+from conva_mlx.models.default_model import DEFAULT_MODEL_ID
+from conva_mlx.steering import GenOptions, SteeringSession
+from conva_mlx.values import parse_values
 
 
 @click.command("eval")
@@ -68,7 +68,7 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str |
                  caa_coef: float, batch_size: int, temp: float, seed: int | None,
                  general: bool, mcq_n: int | None, out_dir: Path) -> None:
     """Evaluate steering methods on held-out value dilemmas (resumable)."""
-    from ..pack import load_pack
+    from conva_mlx.packs.pack import load_pack
 
     if values_spec is None and prompts_file is not None:
         values = prompt_file_values(prompts_file)

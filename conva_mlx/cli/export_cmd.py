@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConvaError
-from ..fsutil import check_output_file
-from ..pack import save_pack
-from ..values import check_value
-from .options import log, model_option
-from .packs import load_model_for_pack, open_pack
+from conva_mlx.cli.options import log, model_option
+from conva_mlx.cli.packs import load_model_for_pack, open_pack
+from conva_mlx.errors import ConvaError
+from conva_mlx.fsutil import check_output_file
+from conva_mlx.packs.pack import save_pack
+from conva_mlx.values import check_value
 
 FORMATS = ("gguf", "safetensors", "torch", "all")
 _EXT = {"gguf": ".gguf", "safetensors": ".safetensors", "torch": ".pt"}
@@ -46,8 +46,8 @@ def export(pack_spec: str, value: str, fmt: str, out: str, p0: float | None,
     Layer k = output of decoder block k (0-based) = HF model.layers[k] = llama.cpp
     direction.k. GGUF needs the model (--model) to measure the strength, unless --scale.
     """
-    from ..export_gguf import export_gguf, mean_eps
-    from ..export_torch import export_safetensors, export_torch
+    from conva_mlx.sharing.export_gguf import export_gguf, mean_eps
+    from conva_mlx.sharing.export_torch import export_safetensors, export_torch
 
     check_value(value)
     if p0 is not None and not 0.0 < p0 < 1.0:
@@ -107,10 +107,10 @@ def import_vector_cmd(file: str, model_spec: str, dtype: str, out: str,
     Such a pack has no probe: no gate and no minimal eps. Steer with --method caa
     (--caa-coef scales it).
     """
-    from ..fsutil import check_output_dir
-    from ..import_vector import IMPORTED_NOTE, import_vector
-    from ..loading import load_model
-    from ..pack import PACK_OUTPUT
+    from conva_mlx.fsutil import check_output_dir
+    from conva_mlx.models.loading import load_model
+    from conva_mlx.packs.pack import PACK_OUTPUT
+    from conva_mlx.sharing.import_vector import IMPORTED_NOTE, import_vector
 
     check_output_dir(out, PACK_OUTPUT, force)
     lm = load_model(model_spec, dtype)

@@ -8,15 +8,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..dataset import ValueData
-from ..extraction import ExtractOptions, extract_pack
-from ..fsutil import check_output_dir
-from ..layers import parse_layers
-from ..loading import load_model
-from ..pack import DEFAULT_P0, PACK_OUTPUT, Pack, save_pack
-from ..plots import plot_accuracy_by_layer
-from ..values import parse_values
-from .options import log, model_option
+from conva_mlx.cli.options import log, model_option
+from conva_mlx.data.dataset import ValueData
+from conva_mlx.extraction import ExtractOptions, extract_pack
+from conva_mlx.fsutil import check_output_dir
+from conva_mlx.models.layers import parse_layers
+from conva_mlx.models.loading import load_model
+from conva_mlx.packs.pack import DEFAULT_P0, PACK_OUTPUT, Pack, save_pack
+from conva_mlx.plots import plot_accuracy_by_layer
+from conva_mlx.values import parse_values
 
 
 def accuracy_table(pack: Pack) -> Table:

@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from ..steering import METHODS, MODES, GenOptions, SteerConfig, SteeringSession, Target
-from .options import check_text, model_option
-from .packs import load_model_for_pack, open_pack
+from conva_mlx.cli.options import check_text, model_option
+from conva_mlx.cli.packs import load_model_for_pack, open_pack
+from conva_mlx.steering import METHODS, MODES, GenOptions, SteerConfig, SteeringSession, Target
 
 
 @click.command()

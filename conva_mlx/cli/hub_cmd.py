@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import log
+from conva_mlx.cli.options import log
 
 
 @click.command()
@@ -20,7 +20,7 @@ def push(pack_dir: str, repo_id: str, private: bool, message: str | None,
 
     Uses your Hugging Face login (`hf auth login` or HF_TOKEN); the token is never shown.
     """
-    from ..hub import plan_push, push_pack
+    from conva_mlx.sharing.hub import plan_push, push_pack
 
     if dry_run:
         plan = plan_push(pack_dir, repo_id, private)
@@ -45,8 +45,8 @@ def push(pack_dir: str, repo_id: str, private: bool, message: str | None,
 @click.option("--dtype", default="auto", show_default=True)
 def pull(repo_id: str, revision: str | None, model_spec: str | None, dtype: str) -> None:
     """Download a pack from the Hub (or use the local cache), verify it, print its path."""
-    from ..hub import pull_pack
-    from ..pack import load_pack
+    from conva_mlx.packs.pack import load_pack
+    from conva_mlx.sharing.hub import pull_pack
 
     path = pull_pack(repo_id, revision)
     pack = load_pack(path)
@@ -54,7 +54,7 @@ def pull(repo_id: str, revision: str | None, model_spec: str | None, dtype: str)
     log(f"checksums verified; values: {', '.join(pack.values)}; made for '{m.model_id}' "
         f"(fingerprint {m.fingerprint})")
     if model_spec is not None:
-        from .packs import load_model_for_pack
+        from conva_mlx.cli.packs import load_model_for_pack
 
         load_model_for_pack(model_spec, dtype, pack)
         log(f"the pack fits model '{model_spec}'")

@@ -9,9 +9,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..judge_check import SHIPPED_LABELS, JudgeCard, load_labels
-from ..judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, judge_card_for, make_judge
-from .options import log
+from conva_mlx.cli.options import log
+from conva_mlx.evaluation.judge_check import SHIPPED_LABELS, JudgeCard, load_labels
+from conva_mlx.evaluation.judge_registry import (
+    DEFAULT_JUDGE,
+    JUDGE_NAMES,
+    judge_card_for,
+    make_judge,
+)
 
 
 def card_table(card: JudgeCard) -> Table:

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from ..errors import ConvaError, ConvaWarning
+from conva_mlx import __version__
+from conva_mlx.errors import ConvaError, ConvaWarning
 
 # command name -> (module, attribute): modules are imported only when their command runs,
 # so `conva-mlx --help` and light commands do not pay for MLX, scikit-learn or Textual.
@@ -119,7 +119,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    from ..blas import maybe_reexec_with_openblas
+    from conva_mlx.models.blas import maybe_reexec_with_openblas
 
     maybe_reexec_with_openblas()
     cli()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..default_model import ensure_default_model
-from ..gguf_import import import_gguf
-from ..wheel_models import WHEEL_MODELS, WheelModel, ensure_wheel_model
-from .options import log
+from conva_mlx.cli.options import log
+from conva_mlx.models.default_model import ensure_default_model
+from conva_mlx.models.gguf_import import import_gguf
+from conva_mlx.models.wheel_models import WHEEL_MODELS, WheelModel, ensure_wheel_model
 
 
 @click.group()

@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ..errors import ConvaError
-from ..loading import DTYPES
+from conva_mlx.errors import ConvaError
+from conva_mlx.models.loading import DTYPES
 
 F = TypeVar("F", bound=Callable[..., Any])
 

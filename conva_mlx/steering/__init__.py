@@ -5,7 +5,7 @@ prefills and batched decoding every call goes through; session: `SteeringSession
 context: `steered`, steering inside any mlx-lm decode loop; reports: the diagnostics.
 """
 
-from .config import (
+from conva_mlx.steering.config import (
     METHODS,
     MODES,
     GenOptions,
@@ -16,9 +16,9 @@ from .config import (
     ica_prefix,
     parse_targets,
 )
-from .context import SteeringHandle, steered
-from .reports import GateReport, GenerationResult, LayerReport
-from .session import Prepared, SteeringSession, StreamPiece
+from conva_mlx.steering.context import SteeringHandle, steered
+from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
+from conva_mlx.steering.session import Prepared, SteeringSession, StreamPiece
 
 __all__ = [
     "METHODS", "MODES", "GateReport", "GenOptions", "GenerationResult", "LayerReport",

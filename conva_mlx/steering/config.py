@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from ..errors import ConvaError
-from ..values import check_value, load_values
+from conva_mlx.errors import ConvaError
+from conva_mlx.values import check_value, load_values
 
 Method = Literal["conva", "caa", "ica", "none"]
 Mode = Literal["prompt", "token"]

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from ..errors import ConvaError
-from ..layers import BlockHook, hooked_blocks
-from ..loading import LoadedModel
-from ..pack import Pack
-from .config import Method, Mode, SteerConfig, TargetSpec
-from .engine import UNGATED, PromptBatch
-from .hooks import (
+from conva_mlx.errors import ConvaError
+from conva_mlx.models.layers import BlockHook, hooked_blocks
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
+from conva_mlx.steering.config import Method, Mode, SteerConfig, TargetSpec
+from conva_mlx.steering.engine import UNGATED, PromptBatch
+from conva_mlx.steering.hooks import (
     PromptModeMeasure,
     TokenStats,
     add_fixed,
@@ -33,7 +33,7 @@ from .hooks import (
     resolve_targets,
     token_mode_hooks,
 )
-from .reports import GateReport, LayerReport
+from conva_mlx.steering.reports import GateReport, LayerReport
 
 
 @dataclass

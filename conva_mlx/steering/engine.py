@@ -21,11 +21,11 @@ import numpy as np
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
-from ..gate import Gate
-from ..layers import BlockHook, hooked_blocks
-from ..pack import Pack
-from .config import GenOptions, SteerConfig, Target
-from .hooks import (
+from conva_mlx.models.layers import BlockHook, hooked_blocks
+from conva_mlx.packs.pack import Pack
+from conva_mlx.probes.gate import Gate
+from conva_mlx.steering.config import GenOptions, SteerConfig, Target
+from conva_mlx.steering.hooks import (
     PromptModeMeasure,
     TokenStats,
     add_fixed,
@@ -34,7 +34,7 @@ from .hooks import (
     layer_plans,
     token_mode_hooks,
 )
-from .reports import GateReport, LayerReport
+from conva_mlx.steering.reports import GateReport, LayerReport
 
 UNGATED = GateReport(None, True, None, False)
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from ..errors import ConvaError
-from ..layers import BlockHook
-from ..pack import Pack
-from ..perturbation import HalfSpaces, minimal_delta, probe_probability
-from .config import SteerConfig, Target
-from .reports import LayerReport
+from conva_mlx.errors import ConvaError
+from conva_mlx.models.layers import BlockHook
+from conva_mlx.packs.pack import Pack
+from conva_mlx.probes.perturbation import HalfSpaces, minimal_delta, probe_probability
+from conva_mlx.steering.config import SteerConfig, Target
+from conva_mlx.steering.reports import LayerReport
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Target
+from conva_mlx.steering.config import Target
 
 
 @dataclass

@@ -17,14 +17,20 @@ import mlx.core as mx
 from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
-from ..errors import ConvaError
-from ..layers import hooked_blocks
-from ..loading import LoadedModel
-from ..pack import Pack
-from .config import GenOptions, SteerConfig, Target, ica_prefix
-from .engine import Prefilled, PromptBatch, decode_batch, steer_prefill, supports_batching
-from .hooks import check_probes, resolve_targets
-from .reports import GateReport, GenerationResult
+from conva_mlx.errors import ConvaError
+from conva_mlx.models.layers import hooked_blocks
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
+from conva_mlx.steering.config import GenOptions, SteerConfig, Target, ica_prefix
+from conva_mlx.steering.engine import (
+    Prefilled,
+    PromptBatch,
+    decode_batch,
+    steer_prefill,
+    supports_batching,
+)
+from conva_mlx.steering.hooks import check_probes, resolve_targets
+from conva_mlx.steering.reports import GateReport, GenerationResult
 
 Messages = list[dict[str, str]] | str
 

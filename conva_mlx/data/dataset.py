@@ -1,0 +1,162 @@
+"""The shipped value data and its record types (schema documented in conva_mlx/data/README.md).
+
+Layout of a data directory (the shipped one is `conva_mlx/data/`):
+    values.jsonl                  value definitions
+    pairs/<value>.jsonl           context-controlled pairs (100 per value, 4 blocks of 25)
+    uncontrolled/<value>.jsonl    non-context-controlled pairs (ablation)
+    dilemmas/<value>.jsonl        held-out test dilemmas (value-related gate positives)
+    gate/unrelated_queries.jsonl  value-unrelated queries (gate negatives)
+    gate/mcq.jsonl                value-unrelated multiple-choice questions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conva_mlx.errors import ConvaError
+from conva_mlx.values import VALUE_NAMES, check_value
+
+SHIPPED_DATA = Path(__file__).parent  # the shipped JSONL folders sit beside this module
+BLOCKS = ("first_person_scenario", "third_person_scenario", "first_person_question",
+          "third_person_question")
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    value: str
+    positive: str
+    negative: str
+    block: str = ""
+    setting: str = ""
+
+
+@dataclass(frozen=True)
+class Dilemma:
+    id: str
+    value: str
+    prompt: str
+    competing: str = ""
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    prompt: str
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class MCQ:
+    id: str
+    question: str
+    options: dict[str, str]
+    answer: str
+    subject: str = ""
+
+    def as_prompt(self) -> str:
+        lines = [self.question, *(f"{k}. {v}" for k, v in sorted(self.options.items()))]
+        return "\n".join(lines) + "\nAnswer with the letter of the correct option."
+
+
+def parse_jsonl(lines: Iterable[bytes | str]
+                ) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """For each non-blank line: (line number, record, "") or (line number, None, problem).
+
+    Lines may be bytes (files opened in binary), so that bytes that are not UTF-8 become
+    a problem on their line rather than an exception for the whole file.
+    """
+    for lineno, raw in enumerate(lines, 1):
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, None, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at " \
+                                    f"column {exc.start + 1})"
+                continue
+        else:
+            line = raw
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+            continue
+        if not isinstance(record, dict):
+            yield lineno, None, "expected a JSON object"
+            continue
+        yield lineno, record, ""
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record); a malformed line is an error naming file and line."""
+    if not path.is_file():
+        raise ConvaError(f"{path}: no such data file")
+    with open(path, "rb") as f:
+        for lineno, record, problem in parse_jsonl(f):
+            if record is None:
+                raise ConvaError(f"{path}:{lineno}: {problem}")
+            yield lineno, record
+
+
+def _build(cls: type, path: Path, lineno: int, record: dict[str, Any],
+           required: Sequence[str]) -> Any:
+    missing = [k for k in required if not record.get(k)]
+    if missing:
+        raise ConvaError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})
+
+
+class ValueData:
+    """Access to one data directory."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else SHIPPED_DATA
+        if not self.root.is_dir():
+            raise ConvaError(f"{self.root}: no such data directory")
+
+    def pairs(self, value: str, controlled: bool = True) -> list[Pair]:
+        check_value(value)
+        sub = "pairs" if controlled else "uncontrolled"
+        path = self.root / sub / f"{value}.jsonl"
+        return [_build(Pair, path, n, r, ("id", "value", "positive", "negative"))
+                for n, r in read_jsonl(path)]
+
+    def dilemmas(self, value: str) -> list[Dilemma]:
+        check_value(value)
+        path = self.root / "dilemmas" / f"{value}.jsonl"
+        return [_build(Dilemma, path, n, r, ("id", "value", "prompt"))
+                for n, r in read_jsonl(path)]
+
+    def all_dilemmas(self) -> list[Dilemma]:
+        return [d for v in VALUE_NAMES for d in self.dilemmas(v)]
+
+    def unrelated_queries(self) -> list[Query]:
+        path = self.root / "gate" / "unrelated_queries.jsonl"
+        return [_build(Query, path, n, r, ("id", "prompt")) for n, r in read_jsonl(path)]
+
+    def mcqs(self) -> list[MCQ]:
+        path = self.root / "gate" / "mcq.jsonl"
+        return [_build(MCQ, path, n, r, ("id", "question", "options", "answer"))
+                for n, r in read_jsonl(path)]
+
+    def files(self) -> list[Path]:
+        """The value-data files (judge/ holds labelled replies for judges, not value data)."""
+        return sorted(p for p in self.root.rglob("*.jsonl")
+                      if p.relative_to(self.root).parts[0] != "judge")
+
+    def digest(self) -> str:
+        """Hash of every data file, recorded in packs and eval results."""
+        h = hashlib.sha256()
+        for p in self.files():
+            h.update(str(p.relative_to(self.root)).encode())
+            h.update(p.read_bytes())
+        return h.hexdigest()[:16]

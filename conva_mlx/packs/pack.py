@@ -1,0 +1,336 @@
+"""Vector packs: a directory with pack.json, vectors.safetensors (float32) and README.md.
+
+Layer index k = output of decoder block k, 0-based (= HF hidden_states[k + 1] = llama.cpp
+direction.k). Probes for every block are stored; `layers` lists the default steered ones.
+No pickle anywhere; every file is written atomically; checksums are recorded in pack.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conva_mlx import __version__
+from conva_mlx.errors import ConvaError, warn
+from conva_mlx.fsutil import OutputKind, atomic_write_json, sha256_file, staged_output_dir
+from conva_mlx.models.layers import LAYER_CONVENTION
+from conva_mlx.packs.schema import Fields, check_checksum, check_value_name
+from conva_mlx.probes.gate import Gate, GateMetrics
+from conva_mlx.probes.linear import ProbeSet
+
+FORMAT_VERSION = 1
+PACK_JSON = "pack.json"
+VECTORS = "vectors.safetensors"
+README = "README.md"
+DEFAULT_P0 = 0.95
+
+
+@dataclass
+class ValueEntry:
+    name: str
+    probes: ProbeSet
+    layers: list[int]
+    default_p0: float = DEFAULT_P0
+    selection_note: str = ""
+    nocc: ProbeSet | None = None  # probes from non-context-controlled data (ablation)
+    fixed_scale: float | None = None  # imported control vectors: no probe, fixed strength
+
+
+@dataclass
+class ModelInfo:
+    model_id: str
+    fingerprint: str
+    architecture: str
+    hidden_size: int
+    num_layers: int
+
+
+@dataclass
+class Pack:
+    model: ModelInfo
+    values: dict[str, ValueEntry]
+    gate: Gate | None = None
+    dataset_hash: str = ""
+    capture: dict[str, Any] = field(default_factory=lambda: {"reduce": "last",
+                                                             "chat_template": False})
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_model(self, model_id: str, fingerprint: str) -> None:
+        if fingerprint != self.model.fingerprint:
+            raise ConvaError(
+                f"this pack was made for model '{self.model.model_id}' (fingerprint "
+                f"{self.model.fingerprint}), not for '{model_id}' (fingerprint {fingerprint})")
+
+    def digest(self) -> str:
+        """sha256 of everything steering reads (vectors, layers, P0, gate), short hex."""
+        h = hashlib.sha256(self.model.fingerprint.encode())
+        for name in sorted(self.values):
+            v = self.values[name]
+            h.update(json.dumps([name, v.layers, v.default_p0, v.fixed_scale]).encode())
+            for probes in (v.probes, v.nocc):
+                if probes is not None:
+                    for arr in (probes.weights, probes.biases, probes.caa):
+                        h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+        if self.gate is not None:
+            g = self.gate
+            h.update(json.dumps([g.layer, g.bias, g.threshold]).encode())
+            h.update(np.ascontiguousarray(g.weight, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def value(self, name: str) -> ValueEntry:
+        if name not in self.values:
+            raise ConvaError(f"value '{name}' is not in this pack "
+                             f"(it has: {', '.join(self.values) or 'none'})")
+        return self.values[name]
+
+
+def _probe_tensors(prefix: str, p: ProbeSet) -> dict[str, np.ndarray]:
+    return {f"{prefix}.weight": p.weights, f"{prefix}.bias": p.biases,
+            f"{prefix}.accuracy": p.accuracies, f"{prefix}.train_accuracy": p.train_accuracies,
+            f"{prefix}.caa": p.caa}
+
+
+def _probe_meta(p: ProbeSet) -> dict[str, Any]:
+    return {"accuracies": [round(float(a), 4) for a in p.accuracies],
+            "biases": [float(b) for b in p.biases],
+            "n_train_pairs": p.n_train_pairs, "n_test_pairs": p.n_test_pairs}
+
+
+def pack_to_json(pack: Pack) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, v in pack.values.items():
+        values[name] = {"layers": v.layers, "default_p0": v.default_p0,
+                        "selection": v.selection_note, **_probe_meta(v.probes),
+                        "has_nocc": v.nocc is not None}
+        if v.fixed_scale is not None:
+            values[name]["fixed_scale"] = v.fixed_scale
+    gate = None
+    if pack.gate is not None:
+        g = pack.gate
+        gate = {"layer": g.layer, "bias": g.bias, "threshold": g.threshold,
+                "metrics": g.metrics.as_dict(),
+                "layer_f1": {str(k): round(v, 4) for k, v in g.layer_scores.items()}}
+    return {
+        "format": "conva-mlx-pack", "format_version": FORMAT_VERSION, "tool_version": __version__,
+        "layer_convention": LAYER_CONVENTION,
+        "model": pack.model.__dict__, "dataset_hash": pack.dataset_hash,
+        "capture": pack.capture, "values": values, "gate": gate, "extra": pack.extra,
+    }
+
+
+PACK_OUTPUT = OutputKind("vector pack", PACK_JSON,
+                         (PACK_JSON, VECTORS, README, "probe_accuracy.png", "similarity.png"))
+
+
+def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
+              overwrite: bool = False) -> Path:
+    """Write the pack into `out_dir`: staged beside it, then moved in (pack.json last).
+
+    An existing pack at `out_dir` is replaced only with `overwrite` (files that are not
+    part of a pack are kept); any other non-empty directory is refused.
+    """
+    from safetensors.numpy import save_file
+
+    from conva_mlx.packs.model_card import render_model_card
+
+    out = Path(out_dir).expanduser()
+    pack_id = uuid.uuid4().hex  # binds vectors.safetensors to this pack.json
+    tensors: dict[str, np.ndarray] = {}
+    for name, v in pack.values.items():
+        tensors.update(_probe_tensors(name, v.probes))
+        if v.nocc is not None:
+            tensors.update(_probe_tensors(f"{name}.nocc", v.nocc))
+    if pack.gate is not None:
+        tensors["gate.weight"] = pack.gate.weight
+    tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in tensors.items()}
+    with staged_output_dir(out, PACK_OUTPUT, overwrite) as tmp:
+        save_file(tensors, str(tmp / VECTORS),
+                  metadata={"format": "conva-mlx-pack", "pack_id": pack_id,
+                            "model_fingerprint": pack.model.fingerprint})
+        (tmp / README).write_text(readme if readme is not None else render_model_card(pack),
+                                  encoding="utf-8")
+        meta = pack_to_json(pack)
+        meta["pack_id"] = pack_id
+        meta["files"] = {VECTORS: sha256_file(tmp / VECTORS)}
+        atomic_write_json(tmp / PACK_JSON, meta)
+    return out
+
+
+_PROBE_PARTS = ("weight", "bias", "accuracy", "train_accuracy", "caa")
+
+
+def _load_probe(t: dict[str, np.ndarray], prefix: str, where: str, hidden: int,
+                n_layers: int) -> ProbeSet:
+    missing = [k for k in _PROBE_PARTS if f"{prefix}.{k}" not in t]
+    if missing:
+        raise ConvaError(f"{where}: tensors {', '.join(prefix + '.' + k for k in missing)} "
+                         "are missing")
+    shapes = {"weight": (n_layers, hidden), "caa": (n_layers, hidden)}
+    for k in _PROBE_PARTS:
+        arr = t[f"{prefix}.{k}"]
+        want = shapes.get(k, (n_layers,))
+        if arr.shape != want:
+            raise ConvaError(f"{where}: {prefix}.{k} has shape {arr.shape}, expected {want}")
+        if not np.isfinite(arr).all():
+            raise ConvaError(f"{where}: tensor {prefix}.{k} contains NaN or infinite values")
+    return ProbeSet(t[f"{prefix}.weight"], t[f"{prefix}.bias"], t[f"{prefix}.accuracy"],
+                    t[f"{prefix}.train_accuracy"], t[f"{prefix}.caa"])
+
+
+def read_pack_json(root: Path) -> dict[str, Any]:
+    """The parsed pack.json of a pack directory, or one clear error."""
+    meta_file = root / PACK_JSON
+    if not meta_file.is_file():
+        raise ConvaError(f"{root}: not a vector pack (no {PACK_JSON})")
+    try:
+        meta = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConvaError(f"{meta_file}: not UTF-8 text (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConvaError(f"{meta_file}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno})") from exc
+    except OSError as exc:
+        raise ConvaError(f"{meta_file}: cannot read ({exc.strerror})") from exc
+    if not isinstance(meta, dict):
+        raise ConvaError(f"{meta_file}: expected a JSON object")
+    return meta
+
+
+_MODEL_KEYS = ("model_id", "fingerprint", "architecture", "hidden_size", "num_layers")
+
+
+def _model_info(meta: Fields) -> ModelInfo:
+    m = meta.sub("model")
+    m.require(*_MODEL_KEYS)
+    return ModelInfo(m.string("model_id"), m.string("fingerprint"), m.string("architecture"),
+                     m.integer("hidden_size", 1), m.integer("num_layers", 1))
+
+
+def read_pack_tensors(vec_file: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and the header metadata of a safetensors file, or one clear error."""
+    from safetensors import SafetensorError, safe_open
+
+    with open(vec_file, "rb") as f:
+        head = f.read(9)
+    # A safetensors file starts with a little-endian u64 header length, then '{'.
+    if len(head) < 9 or head[8:9] != b"{":
+        raise ConvaError(f"{vec_file}: not a safetensors file (it does not start with a "
+                         "safetensors header)")
+    try:
+        with safe_open(str(vec_file), framework="numpy") as st:
+            header_meta = dict(st.metadata() or {})
+            tensors = {k: st.get_tensor(k) for k in st.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConvaError(f"{vec_file}: cannot read safetensors file ({exc})") from exc
+    return tensors, header_meta
+
+
+def _check_binding(meta: Fields, header_meta: dict[str, str], model: ModelInfo,
+                   vec_file: Path, expected_tensors: set[str],
+                   tensors: dict[str, np.ndarray]) -> None:
+    """The tensors must be this pack's: same pack id, model and tensor names."""
+    pack_id = meta.string("pack_id", "")
+    if pack_id and header_meta.get("pack_id") != pack_id:
+        raise ConvaError(f"{vec_file}: these tensors belong to another pack (pack id "
+                         f"{header_meta.get('pack_id') or 'none'}, pack.json says {pack_id})")
+    fp = header_meta.get("model_fingerprint")
+    if fp is not None and fp != model.fingerprint:
+        raise ConvaError(f"{vec_file}: these tensors were made for model fingerprint {fp}, "
+                         f"pack.json says {model.fingerprint}")
+    extra = sorted(set(tensors) - expected_tensors)
+    if extra:
+        raise ConvaError(f"{vec_file}: tensors {', '.join(extra[:4])} are not described by "
+                         f"{PACK_JSON} (the tensors file belongs to another pack)")
+    if not pack_id:
+        warn(f"{meta.where} has no pack_id, so its tensors are checked only by checksum "
+             f"and biases; run `conva-mlx pack verify --record {vec_file.parent}` to bind "
+             "them")
+
+
+def _check_recorded_biases(entry: Fields, probes: ProbeSet, where: str, vec_file: Path) -> None:
+    recorded = entry.numbers("biases", len(probes.biases))
+    if recorded is not None and not np.allclose(recorded, probes.biases, rtol=1e-5,
+                                                atol=1e-6):
+        raise ConvaError(f"{vec_file}: the probe biases do not match {where} (the tensors "
+                         "file belongs to another pack)")
+
+
+def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
+    """Load and validate a pack directory; every problem is one clear ConvaError."""
+    root = Path(path)
+    meta = Fields(read_pack_json(root), str(root / PACK_JSON))
+    meta.require("format_version", "model", "values")
+    version = meta.integer("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise ConvaError(f"{meta.where}: pack format {version} is newer than this "
+                         f"conva-mlx understands ({FORMAT_VERSION}); upgrade conva-mlx")
+    model = _model_info(meta)
+    vec_file = root / VECTORS
+    if not vec_file.is_file():
+        raise ConvaError(f"{root}: {VECTORS} is missing")
+    files = Fields(meta.obj.get("files") or {}, f"{meta.where} (files)")
+    if verify_checksums:
+        if not files.has(VECTORS):
+            raise ConvaError(f"{meta.where}: no checksum for {VECTORS} in 'files', so its "
+                             "tensors cannot be verified; if you trust this pack, run "
+                             f"`conva-mlx pack verify --record {root}`")
+        if sha256_file(vec_file) != check_checksum(files, VECTORS):
+            raise ConvaError(f"{vec_file}: checksum does not match pack.json (file changed "
+                             "or corrupt)")
+    tensors, header_meta = read_pack_tensors(vec_file)
+    value_meta = meta.sub("values")
+    expected: set[str] = set()
+    values: dict[str, ValueEntry] = {}
+    for name in value_meta.obj:
+        where = f"{meta.where} (value {name})"
+        check_value_name(name, meta.where)
+        v = value_meta.sub(name)
+        v.where = where
+        v.require("layers", "default_p0")
+        probes = _load_probe(tensors, name, str(vec_file), model.hidden_size, model.num_layers)
+        _check_recorded_biases(v, probes, where, vec_file)
+        has_nocc = v.boolean("has_nocc")
+        nocc = (_load_probe(tensors, f"{name}.nocc", str(vec_file), model.hidden_size,
+                            model.num_layers) if has_nocc else None)
+        expected |= {f"{name}.{k}" for k in _PROBE_PARTS}
+        if has_nocc:
+            expected |= {f"{name}.nocc.{k}" for k in _PROBE_PARTS}
+        p0 = v.number("default_p0")
+        if not 0 < p0 < 1:
+            raise ConvaError(f"{where}: 'default_p0' is {p0}, must be in (0, 1)")
+        fixed = v.number("fixed_scale") if v.has("fixed_scale") else None
+        values[name] = ValueEntry(name, probes, v.layers("layers", model.num_layers), p0,
+                                  v.string("selection", ""), nocc, fixed)
+    gate = None
+    if meta.has("gate"):
+        g = meta.sub("gate")
+        g.require("layer", "bias", "threshold")
+        if "gate.weight" not in tensors:
+            raise ConvaError(f"{vec_file}: tensor gate.weight is missing")
+        weight = tensors["gate.weight"]
+        if weight.shape != (model.hidden_size,):
+            raise ConvaError(f"{vec_file}: gate.weight has shape {weight.shape}, expected "
+                             f"({model.hidden_size},)")
+        if not np.isfinite(weight).all():
+            raise ConvaError(f"{vec_file}: tensor gate.weight contains NaN or infinite values")
+        expected.add("gate.weight")
+        m = Fields(g.object("metrics", {}), f"{g.where} (metrics)")
+        metrics = GateMetrics(m.number("precision", 0), m.number("recall", 0),
+                              m.number("f1", 0), m.number("false_open_rate", 0),
+                              int(m.number("n_related", 0)), int(m.number("n_unrelated", 0)))
+        layer_f1 = Fields(g.object("layer_f1", {}), f"{g.where} (layer_f1)")
+        try:
+            scores = {int(k): layer_f1.number(k) for k in layer_f1.obj}
+        except ValueError as exc:
+            raise ConvaError(f"{layer_f1.where}: keys must be block numbers") from exc
+        gate = Gate(g.integer("layer", 0, model.num_layers), weight, g.number("bias"),
+                    g.number("threshold"), metrics, scores)
+    _check_binding(meta, header_meta, model, vec_file, expected, tensors)
+    return Pack(model, values, gate, meta.string("dataset_hash", ""),
+                meta.object("capture", {}), meta.object("extra", {}))
