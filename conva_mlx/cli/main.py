@@ -29,6 +29,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("hub_cmd", "pull"),
     "pack": ("pack_cmd", "pack_group"),
     "judge-check": ("judge_cmd", "judge_check"),
+    "serve": ("serve_cmd", "serve"),
 }
 _HELP = {
     "models": "Prepare and import models.",
@@ -44,6 +45,7 @@ _HELP = {
     "pull": "Download a pack from the Hugging Face Hub (or the local cache).",
     "pack": "Check a vector pack (files, fields, tensor binding).",
     "judge-check": "Score a judge against reader-labelled replies (kappa, CSR by method).",
+    "serve": "Serve an OpenAI-compatible API with per-request value steering.",
 }
 
 

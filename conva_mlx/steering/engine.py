@@ -108,6 +108,7 @@ class Prefilled:
     reports: list[list[LayerReport]]  # per row (token mode: filled from token_stats)
     token_stats: TokenStats | None
     logits: mx.array  # (B, vocab) next-token logits after each prompt
+    deltas: dict[int, mx.array]  # block -> (B, hidden) fixed per-row deltas (prompt mode, CAA)
 
 
 def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
@@ -118,16 +119,18 @@ def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
     hooks: dict[int, BlockHook] = {}
     reports: list[list[LayerReport]] = [[] for _ in range(batch.size)]
     stats: TokenStats | None = None
+    deltas: dict[int, mx.array] = {}
     gate = pack.gate if pack is not None else None
     if cfg.method == "conva" and cfg.gate and gate is not None:
         cache, scores = batch.gate_pass(gate)
         gates = [GateReport(float(s), bool(s >= gate.threshold), gate.threshold, True)
                  for s in scores]
     if cfg.method == "caa" and pack is not None:
-        deltas = caa_deltas(pack, cfg, targets)
-        hooks = {k: add_fixed(d) for k, d in deltas.items()}
+        fixed = caa_deltas(pack, cfg, targets)
+        hooks = {k: add_fixed(d) for k, d in fixed.items()}
         cache = batch.prefill(hooks)
-        reports = [caa_reports(deltas) for _ in range(batch.size)]
+        reports = [caa_reports(fixed) for _ in range(batch.size)]
+        deltas = {k: mx.broadcast_to(d, (batch.size, d.shape[-1])) for k, d in fixed.items()}
     elif cfg.method == "conva" and pack is not None and any(g.open for g in gates):
         plans = layer_plans(pack, cfg, targets)
         if cfg.mode == "token":
@@ -141,10 +144,11 @@ def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
             measure = PromptModeMeasure(plans, rows_on)
             cache = batch.prefill(measure.hooks())
             hooks, reports = measure.generation_hooks(), measure.reports()
+            deltas = dict(measure.deltas)
     elif cache is None:
         cache = batch.prefill({})
     assert batch.logits is not None
-    return Prefilled(cache, gates, hooks, reports, stats, batch.logits)
+    return Prefilled(cache, gates, hooks, reports, stats, batch.logits, deltas)
 
 
 def decode_batch(model: Any, tokenizer: Any, batch: PromptBatch, cache: list[Any],

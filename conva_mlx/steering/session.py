@@ -66,24 +66,36 @@ class SteeringSession:
         self.pack = pack
 
     # ----- validation -------------------------------------------------------------
-    def build_prompt(self, messages: list[dict[str, str]], cfg: SteerConfig,
-                     targets: list[Target]) -> str:
-        msgs = [dict(m) for m in messages]
+    @staticmethod
+    def _prefixes(cfg: SteerConfig, targets: list[Target]) -> list[str]:
+        """ICA's instruction and the negative prompt, put before the user's text."""
         prefixes = []
         if cfg.negative_prompt:
             prefixes += [ica_prefix(t.value, low=True) for t in targets]
         if cfg.method == "ica":
             prefixes += [ica_prefix(t.value, low=t.away) for t in targets]
+        return prefixes
+
+    def build_prompt(self, messages: list[dict[str, str]], cfg: SteerConfig,
+                     targets: list[Target]) -> str:
+        msgs = [dict(m) for m in messages]
+        prefixes = self._prefixes(cfg, targets)
         if prefixes:
             last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
             msgs[last_user]["content"] = " ".join(prefixes) + " " + msgs[last_user]["content"]
         return self.lm.chat_prompt(msgs)
 
-    def prepare(self, messages: Messages, cfg: SteerConfig, reply_prefix: str = "") -> Prepared:
-        """Validate the settings; return the resolved targets and the prompt's tokens."""
-        if isinstance(messages, str):
+    def prepare(self, messages: Messages, cfg: SteerConfig, reply_prefix: str = "",
+                raw: bool = False) -> Prepared:
+        """Validate the settings; return the resolved targets and the prompt's tokens.
+
+        `raw=True` takes `messages` as the whole prompt text (no chat template)."""
+        if isinstance(messages, str) and not raw:
             messages = [{"role": "user", "content": messages}]
-        if not messages or not str(messages[-1].get("content", "")).strip():
+        if isinstance(messages, str):
+            if not messages.strip():
+                raise ConvaError("the prompt is empty")
+        elif not messages or not str(messages[-1].get("content", "")).strip():
             raise ConvaError("the prompt is empty")
         if self.pack is None and cfg.method in ("conva", "caa"):
             raise ConvaError(f"method {cfg.method} needs a pack (only none and ica run without)")
@@ -94,7 +106,10 @@ class SteeringSession:
             check_probes(self.pack, targets)
             if cfg.gate and self.pack.gate is None:
                 raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
-        prompt = self.build_prompt(messages, cfg, targets)
+        if isinstance(messages, str):  # raw text
+            prompt = " ".join([*self._prefixes(cfg, targets), messages])
+        else:
+            prompt = self.build_prompt(messages, cfg, targets)
         ids = list(self.lm.tokenizer.encode(prompt + reply_prefix))
         if len(ids) < 2:
             raise ConvaError("the prompt is empty")
@@ -108,8 +123,9 @@ class SteeringSession:
                 gate_index = len(head) - 1
         return Prepared(targets, mx.array(ids), gate_index)
 
-    def _prefill(self, prepared: list[Prepared], cfg: SteerConfig
+    def prefill(self, prepared: list[Prepared], cfg: SteerConfig
                  ) -> tuple[PromptBatch, Prefilled]:
+        """The engine's gate pass and steering prefill for prepared prompts (same settings)."""
         batch = PromptBatch(self.lm.model, [p.tokens for p in prepared],
                             [p.gate_index for p in prepared])
         return batch, steer_prefill(batch, self.pack, cfg, prepared[0].targets)
@@ -141,7 +157,7 @@ class SteeringSession:
     def _pieces(self, prepared: Prepared, cfg: SteerConfig, opts: GenOptions,
                 should_stop: Callable[[], bool] | None) -> Iterator[StreamPiece]:
         start = time.perf_counter()
-        _, pre = self._prefill([prepared], cfg)
+        _, pre = self.prefill([prepared], cfg)
         gate = pre.gates[0]
         sampler = make_sampler(temp=opts.temp, top_p=opts.top_p)
         if opts.seed is not None:
@@ -180,7 +196,7 @@ class SteeringSession:
             return [self.generate(p, cfg, opts) for p in prompts]
         start = time.perf_counter()
         prepared = [self.prepare(p, cfg) for p in prompts]
-        batch, pre = self._prefill(prepared, cfg)
+        batch, pre = self.prefill(prepared, cfg)
         out = decode_batch(self.lm.model, self.lm.tokenizer, batch, pre.cache, pre.hooks, opts)
         seconds = (time.perf_counter() - start) / batch.size
         return [GenerationResult(self.lm.tokenizer.decode(toks), toks, g, rep, cfg.method,
@@ -195,7 +211,7 @@ class SteeringSession:
         For scoring (e.g. MCQs). Same decisions as `generate`: the gate on the unsteered pass,
         then the steered pass (prompt mode: the measuring pass; token mode: per-position
         deltas)."""
-        _, pre = self._prefill([self.prepare(messages, cfg, reply_prefix)], cfg)
+        _, pre = self.prefill([self.prepare(messages, cfg, reply_prefix)], cfg)
         return pre.logits[0], pre.gates[0]
 
     def next_token_logits_batch(self, prompts: list[str], cfg: SteerConfig,
@@ -203,5 +219,5 @@ class SteeringSession:
         """`next_token_logits` for several single-turn prompts, run as one batch."""
         if not self._batchable(len(prompts), cfg):
             return [self.next_token_logits(p, cfg, reply_prefix) for p in prompts]
-        _, pre = self._prefill([self.prepare(p, cfg, reply_prefix) for p in prompts], cfg)
+        _, pre = self.prefill([self.prepare(p, cfg, reply_prefix) for p in prompts], cfg)
         return [(pre.logits[i], g) for i, g in enumerate(pre.gates)]

@@ -1,0 +1,75 @@
+"""`conva-mlx serve`: the OpenAI-compatible server with per-request steering."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from conva_mlx.cli.options import log, model_option
+from conva_mlx.errors import ConvaError
+from conva_mlx.models.loading import load_model
+from conva_mlx.packs.pack import Pack, ValueEntry
+from conva_mlx.serving.app import ServerConfig, create_app
+from conva_mlx.serving.protocol import Defaults, Limits
+from conva_mlx.sharing.pack_source import open_pack
+from conva_mlx.steering.config import Target
+from conva_mlx.steering.session import SteeringSession
+
+
+def merge_packs(packs: list[Pack]) -> Pack:
+    """One pack offering every value of the packs given (the first pack holding a value
+    serves it; the gate comes from the first pack that has one)."""
+    first = packs[0]
+    values: dict[str, ValueEntry] = {}
+    for p in packs:
+        if p.model.fingerprint != first.model.fingerprint:
+            raise ConvaError(f"the packs were made for different models ({first.model.model_id}"
+                             f" and {p.model.model_id})")
+        for name, entry in p.values.items():
+            values.setdefault(name, entry)
+    gate = next((p.gate for p in packs if p.gate is not None), None)
+    return Pack(first.model, values, gate, first.dataset_hash, first.capture, first.extra)
+
+
+@click.command()
+@model_option
+@click.option("--pack", "pack_specs", multiple=True,
+              help="Pack directory or hf://REPO_ID (repeatable; chosen at start-up only).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (other machines can connect only if you change it).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--values", "value_specs", multiple=True,
+              help="Default steering for requests that send none: VALUE[:P0] (repeatable).")
+@click.option("--api-key-env", default=None,
+              help="Require 'Authorization: Bearer <key>' with the key in this variable.")
+@click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Requests decoded together.")
+@click.option("--max-tokens-cap", type=click.IntRange(1), default=2048, show_default=True,
+              help="The largest max_tokens a request may ask for.")
+def serve(model_spec: str, dtype: str, pack_specs: tuple[str, ...], host: str, port: int,
+          value_specs: tuple[str, ...], api_key_env: str | None, max_batch: int,
+          max_tokens_cap: int) -> None:
+    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
+    /v1/steering, /health); requests choose their steering in a `steering` field."""
+    import uvicorn
+
+    defaults = Defaults([Target.parse(v) for v in value_specs])
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env, "").strip()
+        if not api_key:
+            raise ConvaError(f"--api-key-env {api_key_env}: the variable is not set")
+    packs = [open_pack(s) for s in pack_specs]
+    pack = merge_packs(packs) if packs else None
+    for t in defaults.targets:
+        if pack is None:
+            raise ConvaError("--values needs a --pack that offers them")
+        pack.value(t.value)
+    lm = load_model(model_spec, dtype)
+    session = SteeringSession(lm, pack)
+    config = ServerConfig(lm.model_id, defaults, Limits(max_tokens=max_tokens_cap), api_key)
+    app = create_app(session, config, max_batch)
+    log(f"serving {lm.model_id} on http://{host}:{port}/v1 "
+        f"({len(pack.values) if pack else 0} steerable values; Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

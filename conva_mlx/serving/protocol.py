@@ -1,0 +1,169 @@
+"""The OpenAI wire format in, steering settings out: parse and check one request body.
+
+Every problem is a `RequestError` (HTTP 400 unless said otherwise) whose message says what
+to fix; the server answers it in OpenAI's error shape and keeps serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from conva_mlx.errors import ConvaError
+from conva_mlx.steering.config import METHODS, MODES, SteerConfig, Target
+
+
+class RequestError(Exception):
+    def __init__(self, message: str, status: int = 400, param: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message, self.status, self.param, self.kind = message, status, param, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": None}}
+
+
+@dataclass
+class Limits:
+    max_tokens: int = 2048  # the largest max_tokens a request may ask for
+    default_max_tokens: int = 256
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass
+class Defaults:
+    """The server's steering when a request says nothing (`--values`)."""
+
+    targets: list[Target] = field(default_factory=list)
+    method: str = "conva"
+
+    def config(self) -> SteerConfig:
+        if not self.targets:
+            return SteerConfig(method="none")
+        return SteerConfig(list(self.targets), method=self.method)  # type: ignore[arg-type]
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"'{name}' must be a number", param=name)
+    if not low <= value <= high:
+        raise RequestError(f"'{name}' must be between {low:g} and {high:g}, got {value}",
+                           param=name)
+    return float(value)
+
+
+def sampling(body: dict[str, Any], limits: Limits) -> Sampling:
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = limits.default_max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestError("'max_tokens' must be a positive integer", param="max_tokens")
+    if max_tokens > limits.max_tokens:
+        raise RequestError(f"'max_tokens' is {max_tokens}; this server allows at most "
+                           f"{limits.max_tokens}", param="max_tokens")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise RequestError("'seed' must be an integer", param="seed")
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise RequestError("'stop' must be a string or a list of up to 4 strings", param="stop")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object", param="stream_options")
+    return Sampling(max_tokens, _number(body, "temperature", 0.0, 0.0, 2.0),
+                    _number(body, "top_p", 1.0, 1e-9, 1.0), seed, stop,
+                    bool(body.get("stream", False)), bool(options.get("include_usage", False)))
+
+
+def messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    raw = body.get("messages")
+    if raw is None:
+        raise RequestError("'messages' is required", param="messages")
+    if not isinstance(raw, list) or not raw:
+        raise RequestError("'messages' must be a non-empty list", param="messages")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise RequestError(f"messages[{i}] needs a role of system, user or assistant",
+                               param="messages")
+        content = m.get("content", "")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            content = "".join(p.get("text", "") for p in content
+                              if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(content, str):
+            raise RequestError(f"messages[{i}].content must be text", param="messages")
+        out.append({"role": m["role"], "content": content})
+    if not any(m["role"] == "user" for m in out):
+        raise RequestError("'messages' needs at least one user message", param="messages")
+    return out
+
+
+def _targets(spec: Any, away: bool, param: str) -> list[Target]:
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        spec = {spec: None}
+    if isinstance(spec, list):
+        spec = {name: None for name in spec}
+    if not isinstance(spec, dict):
+        raise RequestError(f"'{param}' must map value names to P0, e.g. "
+                           '{"benevolence": 0.95}', param=param)
+    out = []
+    for name, p0 in spec.items():
+        if p0 is not None and (isinstance(p0, bool) or not isinstance(p0, (int, float))):
+            raise RequestError(f"P0 for '{name}' must be a number in [0.5, 1)", param=param)
+        try:
+            out.append(Target(str(name), None if p0 is None else float(p0), away))
+        except ConvaError as exc:
+            raise RequestError(str(exc), param=param) from None
+    return out
+
+
+def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
+    """The request's `steering` extension (absent: the server's defaults)."""
+    spec = body.get("steering")
+    if spec is None:
+        return defaults.config()
+    if not isinstance(spec, dict):
+        raise RequestError("'steering' must be an object", param="steering")
+    unknown = sorted(set(spec) - {"values", "away", "method", "mode", "gate"})
+    if unknown:
+        raise RequestError(f"unknown steering field(s): {', '.join(unknown)}", param="steering")
+    method = spec.get("method", "conva")
+    if method not in METHODS:
+        raise RequestError(f"unknown method '{method}' (choose from {', '.join(METHODS)})",
+                           param="steering.method")
+    mode = spec.get("mode", "prompt")
+    if mode not in MODES:
+        raise RequestError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})",
+                           param="steering.mode")
+    gate = spec.get("gate", True)
+    if not isinstance(gate, bool):
+        raise RequestError("'steering.gate' must be true or false", param="steering.gate")
+    targets = (_targets(spec.get("values"), False, "steering.values")
+               + _targets(spec.get("away"), True, "steering.away"))
+    if method != "none" and not targets:
+        if "values" in spec or "away" in spec:
+            raise RequestError("choose at least one value to steer (or method none)",
+                               param="steering.values")
+        targets = list(defaults.targets)
+    try:
+        return SteerConfig(targets, method=method, mode=mode, gate=gate)
+    except ConvaError as exc:
+        raise RequestError(str(exc), param="steering") from None

@@ -1,0 +1,231 @@
+"""`conva-mlx serve`: a real server on 127.0.0.1, the real `openai` client, the default model.
+
+Replies are compared with `SteeringSession.generate` in this process (what `conva-mlx
+generate` runs) and with plain mlx-lm, token for token (greedy)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
+from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
+from tests.local_servers import free_port, running_server
+
+KEY = "test-key-not-secret"
+VALUED = "My neighbour asked me to help her move house this weekend. Should I?"
+OTHER = "What is the capital of France?"
+TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def server(small_pack_dir: Path) -> Iterator[str]:
+    port = free_port()
+    os.environ["CONVA_TEST_SERVE_KEY"] = KEY
+    cmd = [str(Path(sys.executable).parent / "conva-mlx"), "serve", "--pack", str(small_pack_dir),
+           "--port", str(port), "--api-key-env", "CONVA_TEST_SERVE_KEY", "--max-batch", "16",
+           "--max-tokens-cap", "512"]
+    with running_server(cmd, f"http://127.0.0.1:{port}/health", "conva-mlx serve"):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def session(default_lm: LoadedModel, small_pack: Pack) -> SteeringSession:
+    return SteeringSession(default_lm, small_pack)
+
+
+def _ask(client: Any, prompt: str, steering: dict[str, Any] | None,
+         max_tokens: int = TOKENS) -> Any:
+    return client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens, temperature=0, extra_body={"steering": steering} if steering
+        is not None else None)
+
+
+def _cfg(steering: dict[str, Any]) -> SteerConfig:
+    values = [f"{v}:{p}" for v, p in steering.get("values", {}).items()]
+    return SteerConfig(values, method=steering.get("method", "conva"),
+                       mode=steering.get("mode", "prompt"), gate=steering.get("gate", True))
+
+
+CASES = [
+    {"values": {"benevolence": 0.95}, "gate": False},
+    {"values": {"benevolence": 0.97}, "mode": "token", "gate": False},
+    {"values": {"power": 0.95}, "method": "caa"},
+    {"values": {"benevolence": 0.95}, "method": "ica"},
+    {"values": {"power": 0.9}},
+    {"method": "none"},
+]
+
+
+@pytest.mark.parametrize("steering", CASES, ids=lambda s: json.dumps(s, sort_keys=True))
+def test_replies_equal_the_session_token_for_token(client: Any, session: SteeringSession,
+                                                   steering: dict[str, Any]) -> None:
+    reply = _ask(client, VALUED, steering)
+    want = session.generate(VALUED, _cfg(steering), GenOptions(max_tokens=TOKENS))
+    assert reply.choices[0].message.content == want.text
+    assert reply.usage.completion_tokens == len(want.tokens)
+    conva = reply.model_extra["conva"]
+    assert conva["method"] == want.method and bool(conva["layers"]) == want.steered
+    if want.gate.used:
+        assert conva["gate"]["score"] == pytest.approx(want.gate.score, abs=1e-5)
+
+
+def test_method_none_is_plain_mlx_lm(client: Any, default_lm: LoadedModel) -> None:
+    from mlx_lm import generate
+
+    prompt = default_lm.chat_prompt([{"role": "user", "content": VALUED}])
+    plain = generate(default_lm.model, default_lm.tokenizer, prompt, max_tokens=TOKENS)
+    assert _ask(client, VALUED, {"method": "none"}).choices[0].message.content == plain
+
+
+def test_a_closed_gate_gives_the_unsteered_reply(client: Any) -> None:
+    gated = _ask(client, OTHER, {"values": {"benevolence": 0.95}})
+    assert gated.model_extra["conva"]["gate"]["open"] is False
+    assert gated.model_extra["conva"]["layers"] == []
+    plain = _ask(client, OTHER, {"method": "none"})
+    assert gated.choices[0].message.content == plain.choices[0].message.content
+
+
+def test_streaming_gives_the_same_text_then_diagnostics_and_usage(client: Any) -> None:
+    steering = {"values": {"benevolence": 0.95}, "gate": False}
+    whole = _ask(client, VALUED, steering).choices[0].message.content
+    stream = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": VALUED}], max_tokens=TOKENS,
+        temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"steering": steering})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].model_extra["conva"]["layers"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_endpoint_and_models_and_steering_info(server: str, client: Any) -> None:
+    done = client.completions.create(model="default", prompt="The capital of France is",
+                                     max_tokens=5, temperature=0)
+    assert done.choices[0].text and done.usage.completion_tokens <= 5
+    assert [m.id for m in client.models.list().data] == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    info = _get(server, "/v1/steering")
+    assert set(info["values"]) == {"benevolence", "power"} and info["gate"]["threshold"] > 0
+
+
+def test_sixteen_concurrent_mixed_clients_each_get_their_own_reply(
+        client: Any, session: SteeringSession) -> None:
+    prompts = [VALUED, OTHER, "Should I lend my savings to my brother?",
+               "I could take a promotion that means managing my friends. Should I?"]
+    steerings: list[dict[str, Any]] = [
+        {"method": "none"}, {"values": {"benevolence": 0.95}, "gate": False},
+        {"values": {"power": 0.95}, "gate": False}, {"values": {"power": 0.9}},
+        {"values": {"benevolence": 0.97}, "mode": "token", "gate": False},
+        {"values": {"power": 0.95}, "method": "caa"}]
+    jobs = [(prompts[i % 4], steerings[i % 6], 12 + i) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda j: _ask(client, j[0], j[1], j[2]), jobs))
+    for (prompt, steering, n), reply in zip(jobs, replies):
+        want = session.generate(prompt, _cfg(steering), GenOptions(max_tokens=n))
+        assert reply.choices[0].message.content == want.text, (prompt, steering)
+
+
+def _connect(server: str) -> tuple[http.client.HTTPConnection, str]:
+    url = urllib.parse.urlsplit(server)
+    return http.client.HTTPConnection(url.hostname or "", url.port, timeout=120), url.path
+
+
+def _post(server: str, body: Any, key: str | None = KEY, raw: bytes | None = None
+          ) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else json.dumps(body).encode()
+    conn, path = _connect(server)
+    conn.request("POST", f"{path}/chat/completions", body=data, headers=headers)
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+def _get(server: str, path: str, key: str | None = KEY) -> dict[str, Any]:
+    conn, base = _connect(server)
+    conn.request("GET", base.removesuffix("/v1") + path,
+                 headers={"Authorization": f"Bearer {key}"} if key else {})
+    out = json.loads(conn.getresponse().read())
+    conn.close()
+    return out
+
+
+def _msg(**extra: Any) -> dict[str, Any]:
+    return {"model": "default", "messages": [{"role": "user", "content": VALUED}],
+            "max_tokens": 4, **extra}
+
+
+BAD = [
+    ("malformed JSON", None, b"{not json", "not valid JSON", 400),
+    ("missing messages", {"model": "m"}, None, "'messages' is required", 400),
+    ("unknown value", _msg(steering={"values": {"kindness": 0.9}}), None,
+     "unknown value 'kindness'", 400),
+    ("P0 out of range", _msg(steering={"values": {"benevolence": 1.5}}), None,
+     "P0 must be in [0.5, 1)", 400),
+    ("unknown method", _msg(steering={"values": {"benevolence": 0.9}, "method": "magic"}),
+     None, "unknown method 'magic'", 400),
+    ("value not in the pack", _msg(steering={"values": {"tradition": 0.9}}), None,
+     "not in this pack", 400),
+    ("max_tokens over the cap", _msg(max_tokens=100000), None, "at most 512", 400),
+    ("prompt over the context", {"messages": [{"role": "user", "content": "word " * 9000}]},
+     None, "longer than the model's context", 400),
+]
+
+
+@pytest.mark.parametrize(("body", "raw", "message", "status"), [b[1:] for b in BAD],
+                         ids=[b[0] for b in BAD])
+def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(
+        server: str, body: Any, raw: bytes | None, message: str, status: int) -> None:
+    code, answer = _post(server, body, raw=raw)
+    assert code == status, answer
+    err = answer["error"]
+    assert message in err["message"] and err["type"] == "invalid_request_error"
+    assert _get(server, "/health")["status"] == "ok"
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_a_missing_or_wrong_key_is_refused(server: str, key: str | None) -> None:
+    code, answer = _post(server, _msg(), key=key)
+    assert code == 401 and "API key" in answer["error"]["message"]
+    assert KEY not in json.dumps(answer)
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(server: str, client: Any) -> None:
+    body = _msg(max_tokens=400, stream=True, steering={"values": {"benevolence": 0.95},
+                                                       "gate": False})
+    conn, path = _connect(server)
+    conn.request("POST", f"{path}/chat/completions", body=json.dumps(body).encode(),
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: ")  # the role chunk, then leave mid-stream
+    conn.close()
+    deadline = time.time() + 60
+    while _get(server, "/health")["active_requests"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert _get(server, "/health")["active_requests"] == 0
+    assert _ask(client, OTHER, {"method": "none"}).choices[0].message.content
