@@ -32,7 +32,7 @@ class ExtractOptions:
     exclude_last: int = EXCLUDE_LAST
     layers: list[int] | None = None  # force these steered layers for every value
     default_p0: float = DEFAULT_P0
-    with_nocc: bool = False  # the ablation's probes (CLI extract trains them; library: ask)
+    with_uncontrolled: bool = False  # the ablation's probes (CLI extract trains them)
     with_gate: bool = True
     test_fraction: float = 0.2
     seed: int = 0
@@ -65,11 +65,11 @@ def _probe_value(lm: LoadedModel, data: ValueData, value: str, opts: ExtractOpti
     else:
         sel = select_layers(probes.accuracies, opts.threshold, opts.exclude_last)
         layers, note = sel.layers, sel.note
-    nocc: ProbeSet | None = None
-    if opts.with_nocc:
+    uncontrolled: ProbeSet | None = None
+    if opts.with_uncontrolled:
         npos, nneg = _pair_states(lm, data, value, False, opts, show, stage)
-        nocc = train_probes(npos, nneg, test_fraction=opts.test_fraction, seed=opts.seed)
-    return ValueEntry(value, probes, layers, opts.default_p0, note, nocc)
+        uncontrolled = train_probes(npos, nneg, test_fraction=opts.test_fraction, seed=opts.seed)
+    return ValueEntry(value, probes, layers, opts.default_p0, note, uncontrolled)
 
 
 def gate_candidate_layers(num_layers: int) -> list[int]:

@@ -43,7 +43,8 @@ def tiny_lm(request: pytest.FixtureRequest, tiny_model_dirs: dict[str, Path]) ->
 @pytest.fixture(scope="session")
 def small_pack(default_lm: LoadedModel) -> Pack:
     """A real pack for the default model: benevolence and power, with gate and ablation."""
-    return extract_pack(default_lm, ["benevolence", "power"], opts=ExtractOptions(with_nocc=True))
+    return extract_pack(default_lm, ["benevolence", "power"],
+                        opts=ExtractOptions(with_uncontrolled=True))
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,7 @@ def test_analyze_cli_prints_table_and_writes_heatmap(tmp_path: Path) -> None:
 def test_extract_cli_writes_pack_table_and_plot(tmp_path: Path, default_lm: object) -> None:
     out = tmp_path / "pack"
     result = CliRunner().invoke(cli, ["extract", "--values", "benevolence", "--no-gate",
-                                      "--no-ablation", "--out", str(out)])
+                                      "--no-uncontrolled", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Probe accuracy by value" in result.output and "benevolence" in result.output
     pack = load_pack(out)

@@ -44,7 +44,7 @@ def readme_ns(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_the_readme_blocks_extract_save_generate_and_stream(readme_ns: dict[str, Any]) -> None:
     pack, result = readme_ns["pack"], readme_ns["result"]
     assert list(pack.values) == ["benevolence"] and pack.gate is not None
-    assert pack.values["benevolence"].nocc is None  # the library does not train the ablation
+    assert pack.values["benevolence"].uncontrolled is None  # the library skips the ablation
     assert cm.open_pack(readme_ns["cwd"] / "packs" / "benevolence").digest() == pack.digest()
     assert result.gate.open and result.layers and result.text
     piece = readme_ns["piece"]

@@ -78,8 +78,8 @@ def test_method_names_map_onto_steer_configs() -> None:
     assert steer_config("none", "power").method == "none"
     c = steer_config("conva-nogate", "power")
     assert (c.method, c.gate, c.probes) == ("conva", False, "cc")
-    c = steer_config("conva-nocc", "power", negative_prompt=True)
-    assert (c.method, c.gate, c.probes, c.negative_prompt) == ("conva", True, "nocc", True)
+    c = steer_config("conva-uncontrolled", "power", negative_prompt=True)
+    assert (c.method, c.gate, c.probes, c.negative_prompt) == ("conva", True, "uncontrolled", True)
     assert steer_config("caa", "power").method == "caa"
     assert steer_config("conva", "power", p0=0.99).targets[0].p0 == 0.99
     assert steer_config("conva", "power").targets[0].p0 is None  # the pack's default

@@ -45,7 +45,7 @@ def test_pack_round_trip_is_exact(tmp_path: Path) -> None:
         assert w.layers == v.layers and w.default_p0 == v.default_p0
         for field in ("weights", "biases", "accuracies", "train_accuracies", "caa"):
             assert np.array_equal(getattr(w.probes, field), getattr(v.probes, field))
-        assert (w.nocc is None) == (v.nocc is None)
+        assert (w.uncontrolled is None) == (v.uncontrolled is None)
     assert back.gate is not None and pack.gate is not None
     assert np.array_equal(back.gate.weight, pack.gate.weight)
     assert (back.gate.layer, back.gate.bias, back.gate.threshold) == (2, -0.25, 0.7)
@@ -93,3 +93,27 @@ def test_nan_vectors_are_refused(tmp_path: Path) -> None:
 def test_missing_pack_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConvaError, match="not a vector pack"):
         load_pack(tmp_path)
+
+
+def test_packs_written_before_the_rename_still_load(tmp_path: Path) -> None:
+    """Old packs call the uncontrolled (ablation) probes 'nocc' (has_nocc, <value>.nocc.*)."""
+    from safetensors import safe_open
+
+    from conva_mlx.fsutil import sha256_file
+
+    pack = make_pack()
+    root = save_pack(pack, tmp_path / "p")
+    vec = root / "vectors.safetensors"
+    with safe_open(str(vec), framework="numpy") as f:
+        header = dict(f.metadata() or {})
+    tensors = {k.replace(".uncontrolled.", ".nocc."): v for k, v in load_file(str(vec)).items()}
+    save_file(tensors, str(vec), metadata=header)
+    meta = json.loads((root / "pack.json").read_text())
+    for entry in meta["values"].values():
+        entry["has_nocc"] = entry.pop("has_uncontrolled")
+    meta["files"]["vectors.safetensors"] = sha256_file(vec)
+    (root / "pack.json").write_text(json.dumps(meta))
+    back = load_pack(root)
+    old, new = back.values["benevolence"].uncontrolled, pack.values["benevolence"].uncontrolled
+    assert old is not None and new is not None and np.array_equal(old.weights, new.weights)
+    assert back.values["power"].uncontrolled is None

@@ -142,7 +142,7 @@ def test_baselines_run_in_the_same_engine(session: SteeringSession) -> None:
     for cfg in (SteerConfig([Target("benevolence")], method="ica"),
                 SteerConfig([Target("benevolence")], method="caa", caa_coef=2.0),
                 SteerConfig([Target("benevolence")], negative_prompt=True, gate=False),
-                SteerConfig([Target("benevolence")], probes="nocc", gate=False)):
+                SteerConfig([Target("benevolence")], probes="uncontrolled", gate=False)):
         result = session.generate(DILEMMA, cfg, GenOptions(max_tokens=4))
         assert isinstance(result.text, str)
     prompt = session.build_prompt([{"role": "user", "content": "Hi"}],

@@ -34,7 +34,7 @@ def pack(request: pytest.FixtureRequest, default_lm: LoadedModel) -> Pack:
         return request.getfixturevalue("small_pack")
     except pytest.FixtureLookupError:
         return extract_pack(default_lm, ["benevolence", "power"],
-                            opts=ExtractOptions(with_nocc=False), show_progress=False)
+                            opts=ExtractOptions(with_uncontrolled=False), show_progress=False)
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:

@@ -44,7 +44,7 @@ def main() -> None:
     lm = load_model("default")
     pack: Pack = (load_pack(args.pack) if args.pack else
                   extract_pack(lm, ["benevolence", "power"],
-                               opts=ExtractOptions(with_nocc=False), show_progress=True))
+                               opts=ExtractOptions(with_uncontrolled=False), show_progress=True))
     app = ChatApp(lm=lm, pack=pack, state_dir=Path(tempfile.mkdtemp()),
                   max_tokens=args.max_tokens)
     app.settings.values["benevolence"].direction = "toward"

@@ -21,14 +21,14 @@ from conva_mlx.values import parse_values
 
 def accuracy_table(pack: Pack) -> Table:
     table = Table(title=f"Probe accuracy by value ({pack.model.model_id})")
-    for col in ("value", "best block", "held-out acc", "steered blocks", "n", "ablation acc"):
+    for col in ("value", "best block", "held-out acc", "steered blocks", "n", "uncontrolled acc"):
         table.add_column(col)
     for name, v in pack.values.items():
         acc = v.probes.accuracies
         best = int(acc.argmax())
         layers = f"{min(v.layers)}-{max(v.layers)}" if v.layers else "-"
-        nocc = f"{v.nocc.accuracies.max():.2f}" if v.nocc is not None else "-"
-        table.add_row(name, str(best), f"{acc[best]:.2f}", layers, str(len(v.layers)), nocc)
+        unc = f"{v.uncontrolled.accuracies.max():.2f}" if v.uncontrolled is not None else "-"
+        table.add_row(name, str(best), f"{acc[best]:.2f}", layers, str(len(v.layers)), unc)
     return table
 
 
@@ -47,12 +47,13 @@ def selection_notes(pack: Pack) -> list[str]:
 @click.option("--p0", "default_p0", type=float, default=DEFAULT_P0, show_default=True,
               help="Default strength stored in the pack.")
 @click.option("--no-gate", is_flag=True, help="Do not train the gate.")
-@click.option("--no-ablation", is_flag=True,
-              help="Skip probes on the non-context-controlled data.")
+@click.option("--no-uncontrolled", "--no-ablation", "no_uncontrolled", is_flag=True,
+              help="Skip the ablation's probes on the uncontrolled pairs (--no-ablation: "
+                   "the old name).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace the pack already at --out.")
 def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None,
-            layers_spec: str | None, default_p0: float, no_gate: bool, no_ablation: bool,
+            layers_spec: str | None, default_p0: float, no_gate: bool, no_uncontrolled: bool,
             out_dir: Path, force: bool) -> None:
     """Extract value vectors and the gate into a vector pack."""
     values = parse_values(values_spec)
@@ -61,7 +62,7 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
     lm = load_model(model_spec, dtype)
     log(f"model {lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {lm.dtype}")
     opts = ExtractOptions(layers=parse_layers(layers_spec, lm.num_layers),
-                          default_p0=default_p0, with_nocc=not no_ablation,
+                          default_p0=default_p0, with_uncontrolled=not no_uncontrolled,
                           with_gate=not no_gate)
     pack = extract_pack(lm, values, data, opts, show_progress=True)
     save_pack(pack, out_dir, overwrite=force)

@@ -20,8 +20,9 @@ from conva_mlx.steering import METHODS, MODES, GenOptions, SteerConfig, Steering
 @click.option("--mode", type=click.Choice(MODES), default="prompt", show_default=True)
 @click.option("--no-gate", is_flag=True, help="Steer even if the query is not value-related.")
 @click.option("--method", type=click.Choice(METHODS), default="conva", show_default=True)
-@click.option("--probes", type=click.Choice(["cc", "nocc"]), default="cc", show_default=True,
-              help="nocc: probes from the non-context-controlled data (ablation).")
+@click.option("--probes", type=click.Choice(["controlled", "uncontrolled"]),
+              default="controlled", show_default=True,
+              help="uncontrolled: probes from the uncontrolled pairs (the ablation).")
 @click.option("--caa-coef", type=float, default=1.0, show_default=True)
 @click.option("--negative-prompt", is_flag=True,
               help="Prepend 'You have low level of {value}...' to the message.")

@@ -44,7 +44,7 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "caa": {"method": "caa"},
     "conva": {"method": "conva", "gate": True},
     "conva-nogate": {"method": "conva", "gate": False},
-    "conva-nocc": {"method": "conva", "gate": True, "probes": "nocc"},
+    "conva-uncontrolled": {"method": "conva", "gate": True, "probes": "uncontrolled"},
 }
 EVAL_METHODS: tuple[str, ...] = tuple(METHOD_SETTINGS)
 GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva")
@@ -479,9 +479,9 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     if opts.negative_prompt:
         opts.general = False
     for m in opts.methods:
-        if m == "conva-nocc":
+        if m == "conva-uncontrolled":
             for v in opts.values:
-                if ctx.pack.value(v).nocc is None:
+                if ctx.pack.value(v).uncontrolled is None:
                     raise ConvaError(f"the pack has no non-context-controlled probes for {v}")
         if m != "none":
             for v in opts.values:

@@ -38,7 +38,7 @@ class ValueEntry:
     layers: list[int]
     default_p0: float = DEFAULT_P0
     selection_note: str = ""
-    nocc: ProbeSet | None = None  # probes from non-context-controlled data (ablation)
+    uncontrolled: ProbeSet | None = None  # probes from the uncontrolled pairs (ablation)
     fixed_scale: float | None = None  # imported control vectors: no probe, fixed strength
 
 
@@ -73,7 +73,7 @@ class Pack:
         for name in sorted(self.values):
             v = self.values[name]
             h.update(json.dumps([name, v.layers, v.default_p0, v.fixed_scale]).encode())
-            for probes in (v.probes, v.nocc):
+            for probes in (v.probes, v.uncontrolled):
                 if probes is not None:
                     for arr in (probes.weights, probes.biases, probes.caa):
                         h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
@@ -107,7 +107,7 @@ def pack_to_json(pack: Pack) -> dict[str, Any]:
     for name, v in pack.values.items():
         values[name] = {"layers": v.layers, "default_p0": v.default_p0,
                         "selection": v.selection_note, **_probe_meta(v.probes),
-                        "has_nocc": v.nocc is not None}
+                        "has_uncontrolled": v.uncontrolled is not None}
         if v.fixed_scale is not None:
             values[name]["fixed_scale"] = v.fixed_scale
     gate = None
@@ -144,8 +144,8 @@ def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
     tensors: dict[str, np.ndarray] = {}
     for name, v in pack.values.items():
         tensors.update(_probe_tensors(name, v.probes))
-        if v.nocc is not None:
-            tensors.update(_probe_tensors(f"{name}.nocc", v.nocc))
+        if v.uncontrolled is not None:
+            tensors.update(_probe_tensors(f"{name}.uncontrolled", v.uncontrolled))
     if pack.gate is not None:
         tensors["gate.weight"] = pack.gate.weight
     tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in tensors.items()}
@@ -295,18 +295,21 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
         v.require("layers", "default_p0")
         probes = _load_probe(tensors, name, str(vec_file), model.hidden_size, model.num_layers)
         _check_recorded_biases(v, probes, where, vec_file)
-        has_nocc = v.boolean("has_nocc")
-        nocc = (_load_probe(tensors, f"{name}.nocc", str(vec_file), model.hidden_size,
-                            model.num_layers) if has_nocc else None)
+        # Packs before 0.1.0's rename call the uncontrolled probes "nocc": still read them.
+        old_name = not v.has("has_uncontrolled") and v.boolean("has_nocc")
+        has_uncontrolled = old_name or v.boolean("has_uncontrolled")
+        prefix = f"{name}.nocc" if old_name else f"{name}.uncontrolled"
+        uncontrolled = (_load_probe(tensors, prefix, str(vec_file), model.hidden_size,
+                                    model.num_layers) if has_uncontrolled else None)
         expected |= {f"{name}.{k}" for k in _PROBE_PARTS}
-        if has_nocc:
-            expected |= {f"{name}.nocc.{k}" for k in _PROBE_PARTS}
+        if has_uncontrolled:
+            expected |= {f"{prefix}.{k}" for k in _PROBE_PARTS}
         p0 = v.number("default_p0")
         if not 0 < p0 < 1:
             raise ConvaError(f"{where}: 'default_p0' is {p0}, must be in (0, 1)")
         fixed = v.number("fixed_scale") if v.has("fixed_scale") else None
         values[name] = ValueEntry(name, probes, v.layers("layers", model.num_layers), p0,
-                                  v.string("selection", ""), nocc, fixed)
+                                  v.string("selection", ""), uncontrolled, fixed)
     gate = None
     if meta.has("gate"):
         g = meta.sub("gate")

@@ -11,6 +11,7 @@ from conva_mlx.values import check_value, load_values
 
 Method = Literal["conva", "caa", "ica", "none"]
 Mode = Literal["prompt", "token"]
+Probes = Literal["controlled", "uncontrolled"]
 METHODS: tuple[str, ...] = get_args(Method)
 MODES: tuple[str, ...] = get_args(Mode)
 
@@ -58,13 +59,13 @@ class SteerConfig:
     method: Method
     mode: Mode
     gate: bool
-    probes: Literal["cc", "nocc"]  # nocc = the non-context-controlled ablation
+    probes: Probes  # uncontrolled = probes from the uncontrolled pairs (the ablation)
     caa_coef: float
     negative_prompt: bool  # prepend "You have low level of {value}..."
     layers: list[int] | None  # override the pack's per-value layers
 
     def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (), method: Method = "conva",
-                 mode: Mode = "prompt", gate: bool = True, probes: Literal["cc", "nocc"] = "cc",
+                 mode: Mode = "prompt", gate: bool = True, probes: Probes = "controlled",
                  caa_coef: float = 1.0, negative_prompt: bool = False,
                  layers: list[int] | None = None) -> None:
         self.targets = parse_targets(targets)

@@ -61,11 +61,11 @@ def layer_plans(pack: Pack, cfg: SteerConfig, targets: list[Target]) -> list[Lay
         for t in ts:
             entry = pack.value(t.value)
             probes = entry.probes
-            if cfg.probes == "nocc":
-                if entry.nocc is None:
+            if cfg.probes == "uncontrolled":
+                if entry.uncontrolled is None:
                     raise ConvaError(f"the pack has no non-context-controlled probes for "
                                      f"{t.value}")
-                probes = entry.nocc
+                probes = entry.uncontrolled
             probe_sets.append(probes)
         w = mx.array(np.stack([p.weights[k] for p in probe_sets]))
         b = mx.array(np.array([p.biases[k] for p in probe_sets], dtype=np.float32))
