@@ -1,6 +1,6 @@
 """Save an SVG screenshot of `conva-mlx chat` mid-conversation (for the README).
 
-    python tools/screenshot_tui.py [--pack DIR] [--out docs/chat.svg]
+    python tools/screenshot_tui.py [--model default] [--pack DIR] [--out docs/chat.svg]
 
 Without --pack, a two-value pack (benevolence, power) is extracted first (a minute or two).
 """
@@ -37,11 +37,12 @@ async def shoot(app: ChatApp, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="default", help="e.g. qwen2.5-0.5b")
     ap.add_argument("--pack", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("docs/chat.svg"))
     ap.add_argument("--max-tokens", type=int, default=60)
     args = ap.parse_args()
-    lm = load_model("default")
+    lm = load_model(args.model)
     pack: Pack = (load_pack(args.pack) if args.pack else
                   extract_pack(lm, ["benevolence", "power"],
                                opts=ExtractOptions(with_uncontrolled=False), show_progress=True))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint, type-check and run the whole test suite (after tools/setup.sh).
+# Lint, type-check, check the import layers and run the whole test suite (after setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # OpenBLAS, with the GEMM-to-GEMV shim in front (conva_mlx/models/blas.py builds it once).
