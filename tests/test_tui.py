@@ -175,7 +175,7 @@ def test_a_pack_for_another_model_is_an_error_notification_not_a_crash(
             await pilot.pause()
             errors = [n for n in app._notifications if n.severity == "error"]
             assert errors and "0123456789abcdef" in errors[0].message
-            assert app.session is not None and app.session.pack.values == {}
+            assert app.session is not None and app.session.pack is None  # plain chat, no pack
             assert all(r.disabled for r in app.query(ValueRow))
             await send(pilot, "Hi")  # still chats, unsteered
             assert app.turns[-1].reply
@@ -193,7 +193,8 @@ def test_the_last_pack_for_a_model_is_found_on_the_next_start(
     async def scenario() -> None:
         app = ChatApp(lm=default_lm, state_dir=state)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.session is not None and bool(app.session.pack.values),
+            await until(pilot, lambda: app.session is not None and app.session.pack is not None
+                        and bool(app.session.pack.values),
                         timeout=30)
             assert not app.query_one("#value-benevolence", ValueRow).disabled
             assert app.query_one("#value-security", ValueRow).disabled
