@@ -77,6 +77,17 @@ def sigmoid_np(z: np.ndarray | float) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0))))
 
 
+def eps_np(states: np.ndarray, w: np.ndarray, b: float, p0: float) -> np.ndarray:
+    """ConVA's eps for one probe on the host, float64: max(0, (logit(P0) - b - w.e) / |w|)
+    per state row (0 for a zero probe)."""
+    w = w.astype(np.float64)
+    norm = float(np.linalg.norm(w))
+    if norm == 0.0:
+        return np.zeros(len(states))
+    z = states.astype(np.float64) @ w + float(b)
+    return np.asarray(np.maximum(0.0, (logit(p0) - z) / norm))
+
+
 def probe_probability(e: mx.array, w: mx.array, b: mx.array) -> mx.array:
     """sigmoid(w . e + b) for each probe row of w; e is (..., hidden) -> (..., K)."""
     return mx.sigmoid(e.astype(mx.float32) @ w.astype(mx.float32).T + b.astype(mx.float32))

@@ -41,7 +41,7 @@ from conva_mlx.fsutil import atomic_path
 from conva_mlx.models.layers import LAYER_CONVENTION
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
-from conva_mlx.probes.perturbation import logit
+from conva_mlx.probes.perturbation import eps_np
 
 ARCH = "controlvector"
 
@@ -74,17 +74,8 @@ def mean_eps(lm: LoadedModel, pack: Pack, value: str, p0: float | None = None,
     opts = CaptureOptions(chat_template=bool(pack.capture.get("chat_template", False)))
     states = capture(lm, texts, opts, show_progress=show_progress,
                      description=f"capture {value}")  # (texts, blocks, hidden)
-    target = logit(p0)
-    out: dict[int, float] = {}
-    for k in layers:
-        w = entry.probes.weights[k].astype(np.float64)
-        norm = float(np.linalg.norm(w))
-        if norm == 0.0:
-            out[k] = 0.0
-            continue
-        z = states[:, k].astype(np.float64) @ w + float(entry.probes.biases[k])
-        out[k] = float(np.maximum(0.0, (target - z) / norm).mean())
-    return out
+    return {k: float(eps_np(states[:, k], entry.probes.weights[k], entry.probes.biases[k],
+                            p0).mean()) for k in layers}
 
 
 def control_vectors(pack: Pack, value: str, scales: dict[int, float] | None
