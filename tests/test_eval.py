@@ -77,7 +77,7 @@ def test_prompts_file_records_are_used_and_capped(tmp_path: Path) -> None:
 def test_method_names_map_onto_steer_configs() -> None:
     assert steer_config("none", "power").method == "none"
     c = steer_config("conva-nogate", "power")
-    assert (c.method, c.gate, c.probes) == ("conva", False, "cc")
+    assert (c.method, c.gate, c.probes) == ("conva", False, "controlled")
     c = steer_config("conva-uncontrolled", "power", negative_prompt=True)
     assert (c.method, c.gate, c.probes, c.negative_prompt) == ("conva", True, "uncontrolled", True)
     assert steer_config("caa", "power").method == "caa"
