@@ -70,8 +70,8 @@ def _throughput(base: str, clients: int, tokens: int, rounds: int,
                 steering: list[dict[str, Any]] | None) -> float:
     """Generated tokens per second with `clients` requests in flight at once."""
     def one(i: int) -> int:
-        body: dict[str, Any] = {
-            "model": "default", "max_tokens": tokens, "temperature": 0,
+        body: dict[str, Any] = {  # no "model": each server answers with the one it loaded
+            "max_tokens": tokens, "temperature": 0,
             "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}
         if steering is not None:
             body["steering"] = steering[i % len(steering)]
