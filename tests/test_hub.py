@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
-from conva_mlx.cli.packs import open_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
 from conva_mlx.probes.gate import Gate, GateMetrics
 from conva_mlx.probes.linear import ProbeSet
 from conva_mlx.sharing.hub import plan_push, pull_pack, staged_pack
+from conva_mlx.sharing.pack_source import open_pack
 
 REPO = "someone/conva-test-pack"
 REV = "0123456789abcdef0123456789abcdef01234567"

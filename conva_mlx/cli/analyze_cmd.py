@@ -9,9 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from conva_mlx.cli.packs import open_pack, resolve_pack_path
 from conva_mlx.packs.analysis import StructureReport, value_structure
 from conva_mlx.plots import plot_heatmap
+from conva_mlx.sharing.pack_source import open_pack, resolve_pack_path
 
 ABBREVIATIONS = {"self-direction": "SD", "stimulation": "ST", "hedonism": "HE",
                  "achievement": "AC", "power": "PO", "security": "SE", "conformity": "CO",

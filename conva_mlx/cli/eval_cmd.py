@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from conva_mlx.cli.options import log, model_option
-from conva_mlx.cli.packs import load_model_for_pack, resolve_pack_path
+from conva_mlx.cli.packs import load_model_for_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
 from conva_mlx.evaluation.judges import Judge, OpenAIJudge
@@ -21,6 +21,7 @@ from conva_mlx.evaluation.runner import (
     run_eval,
 )
 from conva_mlx.models.default_model import DEFAULT_MODEL_ID
+from conva_mlx.sharing.pack_source import resolve_pack_path
 from conva_mlx.steering import GenOptions, SteeringSession
 from conva_mlx.values import parse_values
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from conva_mlx.cli.options import log, model_option
-from conva_mlx.cli.packs import load_model_for_pack, open_pack
+from conva_mlx.cli.packs import load_model_for_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.fsutil import check_output_file
 from conva_mlx.packs.pack import save_pack
+from conva_mlx.sharing.pack_source import open_pack
 from conva_mlx.values import check_value
 
 FORMATS = ("gguf", "safetensors", "torch", "all")

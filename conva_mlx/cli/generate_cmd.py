@@ -8,7 +8,8 @@ import sys
 import click
 
 from conva_mlx.cli.options import check_text, model_option
-from conva_mlx.cli.packs import load_model_for_pack, open_pack
+from conva_mlx.cli.packs import load_model_for_pack
+from conva_mlx.sharing.pack_source import open_pack
 from conva_mlx.steering import METHODS, MODES, GenOptions, SteerConfig, SteeringSession, Target
 
 

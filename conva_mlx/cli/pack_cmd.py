@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from conva_mlx.cli.packs import resolve_pack_path
 from conva_mlx.packs.verify import verify_pack
+from conva_mlx.sharing.pack_source import resolve_pack_path
 
 
 @click.group("pack")

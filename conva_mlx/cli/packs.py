@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from conva_mlx.models.loading import LoadedModel, load_model
 from conva_mlx.packs.pack import Pack
-from conva_mlx.sharing.pack_source import open_pack, resolve_pack_path
-
-__all__ = ["load_model_for_pack", "open_pack", "resolve_pack_path"]
 
 
 def load_model_for_pack(model_spec: str, dtype: str, pack: Pack) -> LoadedModel:

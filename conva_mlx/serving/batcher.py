@@ -28,7 +28,7 @@ from conva_mlx.models.layers import BlockHook, hooked_blocks
 from conva_mlx.probes.perturbation import minimal_delta
 from conva_mlx.steering.config import SteerConfig
 from conva_mlx.steering.engine import supports_batching
-from conva_mlx.steering.hooks import LayerPlan, layer_plans
+from conva_mlx.steering.hooks import LayerPlan
 from conva_mlx.steering.reports import GenerationResult
 from conva_mlx.steering.session import Prepared, SteeringSession
 
@@ -138,10 +138,8 @@ class ContinuousBatcher:
     def _join(self, job: Job) -> None:
         session, cfg = self.session, job.cfg
         _, pre = session.prefill([job.prepared], cfg)
-        token_plans: dict[int, LayerPlan] = {}
-        if pre.token_stats is not None and session.pack is not None:
-            targets = job.prepared.targets
-            token_plans = {p.index: p for p in layer_plans(session.pack, cfg, targets)}
+        # Token mode: the prefill's plans keep steering this row's new positions.
+        token_plans = dict(pre.token_stats.plans) if pre.token_stats is not None else {}
         key = None
         if job.temperature > 0:
             key = mx.random.key(job.seed if job.seed is not None else

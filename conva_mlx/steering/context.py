@@ -86,9 +86,7 @@ def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec, method: Method = 
         if pack.gate is None:
             raise ConvaError("this pack has no gate (imported vector?); pass gate=False")
         assert tokens is not None
-        _, scores = PromptBatch(lm.model, [tokens]).gate_pass(pack.gate)
-        score, threshold = float(scores[0]), pack.gate.threshold
-        handle.gate = GateReport(score, score >= threshold, threshold, True)
+        handle.gate = PromptBatch(lm.model, [tokens]).gate_pass(pack.gate)[1][0]
     hooks: dict[int, BlockHook] = {}
     if not handle.gate.open:
         pass  # the gate stays closed: the loop runs the plain model

@@ -85,8 +85,8 @@ class PromptBatch:
                 c.trim(1)
         return cache
 
-    def gate_pass(self, gate: Gate) -> tuple[list[Any], np.ndarray]:
-        """Unsteered prefill; each row's gate score."""
+    def gate_pass(self, gate: Gate) -> tuple[list[Any], list[GateReport]]:
+        """Unsteered prefill; each row's gate score and decision."""
         rows, cols = mx.arange(self.size), mx.array(self.gate_cols)
         state: dict[str, mx.array] = {}
 
@@ -95,7 +95,9 @@ class PromptBatch:
             return h
 
         cache = self.prefill({gate.layer: read_gate})
-        return cache, gate.scores(np.array(state["e"].astype(mx.float32)))
+        scores = gate.scores(np.array(state["e"].astype(mx.float32)))
+        return cache, [GateReport(float(s), bool(s >= gate.threshold), gate.threshold, True)
+                       for s in scores]
 
 
 @dataclass
@@ -122,9 +124,7 @@ def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
     deltas: dict[int, mx.array] = {}
     gate = pack.gate if pack is not None else None
     if cfg.method == "conva" and cfg.gate and gate is not None:
-        cache, scores = batch.gate_pass(gate)
-        gates = [GateReport(float(s), bool(s >= gate.threshold), gate.threshold, True)
-                 for s in scores]
+        cache, gates = batch.gate_pass(gate)
     if cfg.method == "caa" and pack is not None:
         fixed = caa_deltas(pack, cfg, targets)
         hooks = {k: add_fixed(d) for k, d in fixed.items()}
