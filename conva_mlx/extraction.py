@@ -9,16 +9,18 @@ import numpy as np
 
 from conva_mlx.data.dataset import ValueData
 from conva_mlx.models.loading import LoadedModel
-from conva_mlx.packs.pack import DEFAULT_P0, ModelInfo, Pack, ValueEntry
+from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry
 from conva_mlx.probes.capture import CaptureOptions, capture
 from conva_mlx.probes.gate import Gate, dilemma_split, query_split, train_gate
 from conva_mlx.probes.linear import (
     EXCLUDE_LAST,
     MIN_ACCURACY,
     ProbeSet,
+    middle_block_selection,
     select_layers,
     train_probes,
 )
+from conva_mlx.probes.recipe import ACCURACY, Recipe
 from conva_mlx.progress import ProgressCallback
 from conva_mlx.values import VALUE_NAMES, check_value, parse_values
 
@@ -31,7 +33,8 @@ class ExtractOptions:
     threshold: float = MIN_ACCURACY
     exclude_last: int = EXCLUDE_LAST
     layers: list[int] | None = None  # force these steered layers for every value
-    default_p0: float = DEFAULT_P0
+    default_p0: float | None = None  # None: the recipe's P0 for each value
+    recipe: Recipe = ACCURACY
     with_uncontrolled: bool = False  # the ablation's probes (CLI extract trains them)
     with_gate: bool = True
     test_fraction: float = 0.2
@@ -51,25 +54,35 @@ def _pair_states(lm: LoadedModel, data: ValueData, value: str, controlled: bool,
     pairs = data.pairs(value, controlled=controlled)
     texts = [p.positive for p in pairs] + [p.negative for p in pairs]
     label = f"{value}{'' if controlled else ' (ablation)'}"
-    states = capture(lm, texts, CaptureOptions(batch_size=opts.batch_size), show_progress=show,
+    cap = CaptureOptions(batch_size=opts.batch_size, chat_template=opts.recipe.chat_template)
+    states = capture(lm, texts, cap, show_progress=show,
                      callback=_callback(stage, label), description=f"capture {label}")
     return states[: len(pairs)], states[len(pairs):]
 
 
 def _probe_value(lm: LoadedModel, data: ValueData, value: str, opts: ExtractOptions,
                  show: bool, stage: StageCallback | None) -> ValueEntry:
+    recipe = opts.recipe
+    def fit(pos: np.ndarray, neg: np.ndarray) -> ProbeSet:
+        return train_probes(pos, neg, test_fraction=opts.test_fraction, seed=opts.seed,
+                            c=recipe.c, standardise=recipe.fit == "standardised")
+
     pos, neg = _pair_states(lm, data, value, True, opts, show, stage)
-    probes = train_probes(pos, neg, test_fraction=opts.test_fraction, seed=opts.seed)
+    probes = fit(pos, neg)
     if opts.layers is not None:
         layers, note = list(opts.layers), "layers chosen by the user"
+    elif recipe.layers == "middle-block":
+        sel = middle_block_selection(recipe.middle_block(lm.num_layers), recipe.name)
+        layers, note = sel.layers, sel.note
     else:
         sel = select_layers(probes.accuracies, opts.threshold, opts.exclude_last)
         layers, note = sel.layers, sel.note
     uncontrolled: ProbeSet | None = None
     if opts.with_uncontrolled:
         npos, nneg = _pair_states(lm, data, value, False, opts, show, stage)
-        uncontrolled = train_probes(npos, nneg, test_fraction=opts.test_fraction, seed=opts.seed)
-    return ValueEntry(value, probes, layers, opts.default_p0, note, uncontrolled)
+        uncontrolled = fit(npos, nneg)
+    p0 = opts.default_p0 if opts.default_p0 is not None else recipe.p0_for(value)
+    return ValueEntry(value, probes, layers, p0, note, uncontrolled)
 
 
 def gate_candidate_layers(num_layers: int) -> list[int]:
@@ -171,8 +184,9 @@ def extract_pack(
     gate = extract_gate(lm, data, values, opts, show_progress, stage) if opts.with_gate else None
     model = ModelInfo(lm.model_id, lm.fingerprint, lm.architecture, lm.hidden_size,
                       lm.num_layers)
-    capture_info = {"reduce": "last", "chat_template": False, "dtype": lm.dtype}
-    return Pack(model, entries, gate, data.digest(), capture_info)
+    capture_info = {"reduce": "last", "chat_template": opts.recipe.chat_template,
+                    "dtype": lm.dtype}
+    return Pack(model, entries, gate, data.digest(), capture_info, recipe=opts.recipe)
 
 
 def extract(lm: LoadedModel, values: str | Sequence[str] = "all", *,

@@ -8,9 +8,11 @@ import click
 
 from conva_mlx.cli.options import log, model_option
 from conva_mlx.cli.packs import load_model_for_pack
+from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
 from conva_mlx.evaluation.judges import Judge, OpenAIJudge
+from conva_mlx.evaluation.recipe_pack import ensure_recipe_pack
 from conva_mlx.evaluation.runner import (
     EVAL_METHODS,
     EvalContext,
@@ -21,13 +23,27 @@ from conva_mlx.evaluation.runner import (
     run_eval,
 )
 from conva_mlx.models.default_model import DEFAULT_MODEL_ID
+from conva_mlx.models.loading import load_model
+from conva_mlx.probes.recipe import DIRECTIONS, RECIPES, get_recipe
 from conva_mlx.sharing.pack_source import resolve_pack_path
 from conva_mlx.steering import GenOptions, SteeringSession
+from conva_mlx.steering.config import MODES
 from conva_mlx.values import parse_values
 
 
 @click.command("eval")
-@click.option("--pack", "pack_spec", required=True, help="Pack directory or hf://REPO_ID.")
+@click.option("--pack", "pack_spec", default=None,
+              help="Pack directory or hf://REPO_ID (or give --recipe instead).")
+@click.option("--recipe", "recipe_name", type=click.Choice(list(RECIPES)), default=None,
+              help="Without --pack: extract a pack with this recipe into OUT/pack-RECIPE "
+                   "(once; later runs reuse it). With --pack: check the pack was made with it.")
+@click.option("--split", type=click.Choice(["test", "calibration"]), default="test",
+              show_default=True,
+              help="Which half of the dilemmas: report on test, tune on calibration.")
+@click.option("--mode", type=click.Choice(list(MODES)), default=None,
+              help="ConVA's mode (default prompt: delta measured once from the prompt).")
+@click.option("--direction", type=click.Choice(list(DIRECTIONS)), default=None,
+              help="ConVA's delta direction (default: the pack recipe's).")
 @model_option
 @click.option("--values", "values_spec", default=None,
               help="'all' or a comma-separated list of values (default: all, or the values "
@@ -62,7 +78,8 @@ from conva_mlx.values import parse_values
 @click.option("--mcq-n", type=int, default=None, help="At most N multiple-choice questions.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True)
-def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str | None,
+def eval_command(pack_spec: str | None, recipe_name: str | None, split: str, mode: str | None,
+                 direction: str | None, model_spec: str, dtype: str, values_spec: str | None,
                  methods_spec: str, negative_prompt: bool, prompts_file: Path | None,
                  n: int | None, judge_kind: str, judge_base_url: str | None, judge_model: str,
                  judge_api_key_env: str, max_tokens: int, p0: float | None,
@@ -83,9 +100,20 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str |
         raise ConvaError(f"--p0 must be in [0.5, 1), got {p0}")
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
-    pack_path = resolve_pack_path(pack_spec)
-    pack = load_pack(pack_path)
-    lm = load_model_for_pack(model_spec, dtype, pack)
+    if pack_spec is not None:
+        pack_path = resolve_pack_path(pack_spec)
+        pack = load_pack(pack_path)
+        if recipe_name is not None and pack.recipe.name != recipe_name:
+            raise ConvaError(f"{pack_spec} was made with recipe '{pack.recipe.name}', not "
+                             f"'{recipe_name}' (leave out --pack to extract one)")
+        lm = load_model_for_pack(model_spec, dtype, pack)
+    elif recipe_name is not None:
+        lm = load_model(model_spec, dtype)
+        log(f"pack for recipe {recipe_name}: {out_dir}/pack-{recipe_name}")
+        pack, pack_path = ensure_recipe_pack(lm, get_recipe(recipe_name), out_dir, values,
+                                             ValueData(), "conva-uncontrolled" in methods)
+    else:
+        raise ConvaError("give --pack or --recipe")
     session = SteeringSession(lm, pack)
 
     name = "offline-v1" if judge_kind == "offline" else judge_kind
@@ -103,7 +131,8 @@ def eval_command(pack_spec: str, model_spec: str, dtype: str, values_spec: str |
     opts = EvalOptions(values=values, methods=methods, negative_prompt=negative_prompt, n=n,
                        prompts_file=prompts_file, max_tokens=max_tokens, p0=p0,
                        caa_coef=caa_coef, batch_size=batch_size, temp=temp, seed=seed,
-                       general=general, mcq_n=mcq_n)
+                       general=general, mcq_n=mcq_n, split=split,  # type: ignore[arg-type]
+                       mode=mode, direction=direction)  # type: ignore[arg-type]
     results = run_eval(EvalContext(session, out_dir, build_judge, pack_path), opts)
     print_table(results)
     suffix = "-neg" if negative_prompt else ""

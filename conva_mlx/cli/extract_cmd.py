@@ -10,12 +10,14 @@ from rich.table import Table
 
 from conva_mlx.cli.options import log, model_option
 from conva_mlx.data.dataset import ValueData
+from conva_mlx.errors import ConvaError
 from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.fsutil import check_output_dir
 from conva_mlx.models.layers import parse_layers
 from conva_mlx.models.loading import load_model
-from conva_mlx.packs.pack import DEFAULT_P0, PACK_OUTPUT, Pack, save_pack
+from conva_mlx.packs.pack import PACK_OUTPUT, Pack, save_pack
 from conva_mlx.plots import plot_accuracy_by_layer
+from conva_mlx.probes.recipe import DEFAULT_RECIPE, RECIPES, get_recipe
 from conva_mlx.values import parse_values
 
 
@@ -44,8 +46,13 @@ def selection_notes(pack: Pack) -> list[str]:
               help="Data directory (default: the shipped data).")
 @click.option("--layers", "layers_spec", default=None,
               help="Steer these blocks for every value (e.g. 8-20); default: automatic.")
-@click.option("--p0", "default_p0", type=float, default=DEFAULT_P0, show_default=True,
-              help="Default strength stored in the pack.")
+@click.option("--recipe", "recipe_name", type=click.Choice(list(RECIPES)),
+              default=DEFAULT_RECIPE, show_default=True,
+              help="How probes are fitted, where they read, which blocks are steered and the "
+                   "default P0: " + "; ".join(f"{r.name}: {r.description}"
+                                              for r in RECIPES.values()))
+@click.option("--p0", "default_p0", type=float, default=None,
+              help="Default strength stored in the pack (default: the recipe's per value).")
 @click.option("--no-gate", is_flag=True, help="Do not train the gate.")
 @click.option("--no-uncontrolled", "--no-ablation", "no_uncontrolled", is_flag=True,
               help="Skip the ablation's probes on the uncontrolled pairs (--no-ablation: "
@@ -53,17 +60,19 @@ def selection_notes(pack: Pack) -> list[str]:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace the pack already at --out.")
 def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None,
-            layers_spec: str | None, default_p0: float, no_gate: bool, no_uncontrolled: bool,
-            out_dir: Path, force: bool) -> None:
+            layers_spec: str | None, recipe_name: str, default_p0: float | None, no_gate: bool,
+            no_uncontrolled: bool, out_dir: Path, force: bool) -> None:
     """Extract value vectors and the gate into a vector pack."""
     values = parse_values(values_spec)
+    if default_p0 is not None and not 0.5 <= default_p0 < 1.0:
+        raise ConvaError(f"--p0 must be in [0.5, 1), got {default_p0}")
     check_output_dir(out_dir, PACK_OUTPUT, force)  # before minutes of work, not after
     data = ValueData(data_dir)
     lm = load_model(model_spec, dtype)
     log(f"model {lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {lm.dtype}")
     opts = ExtractOptions(layers=parse_layers(layers_spec, lm.num_layers),
                           default_p0=default_p0, with_uncontrolled=not no_uncontrolled,
-                          with_gate=not no_gate)
+                          with_gate=not no_gate, recipe=get_recipe(recipe_name))
     pack = extract_pack(lm, values, data, opts, show_progress=True)
     save_pack(pack, out_dir, overwrite=force)
     plot = plot_accuracy_by_layer({n: v.probes.accuracies for n, v in pack.values.items()},
@@ -79,4 +88,5 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
         console.print(f"gate: block {g.layer}, threshold {g.threshold:.3f}, held-out precision "
                       f"{g.metrics.precision:.2f} recall {g.metrics.recall:.2f} "
                       f"F1 {g.metrics.f1:.2f} (false-open rate {g.metrics.false_open_rate:.2f})")
+    console.print(f"recipe {opts.recipe.name}: {opts.recipe.description}", style="dim")
     console.print(f"pack written to {out_dir} (plot: {plot})")

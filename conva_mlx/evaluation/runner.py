@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -33,8 +33,10 @@ from conva_mlx.fsutil import (
 )
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.gate import dilemma_split
+from conva_mlx.probes.recipe import Direction
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
+from conva_mlx.steering.config import Mode
 from conva_mlx.values import check_value
 
 # Evaluation method name -> SteerConfig settings.
@@ -52,13 +54,22 @@ ANSWER_CUE = "Answer:"
 T = TypeVar("T")
 
 
+Split = Literal["test", "calibration"]
+
+
 def steer_config(method: str, value: str, negative_prompt: bool = False,
-                 p0: float | None = None, caa_coef: float = 1.0) -> SteerConfig:
-    """Settings of one evaluation method; p0 None = the pack's default for the value."""
+                 p0: float | None = None, caa_coef: float = 1.0, mode: Mode | None = None,
+                 direction: Direction | None = None) -> SteerConfig:
+    """Settings of one evaluation method; p0 None = the pack's default for the value.
+    `mode` and `direction` apply to the ConVA methods (None = prompt mode, the pack's
+    recipe direction)."""
     if method not in METHOD_SETTINGS:
         raise ConvaError(f"unknown method '{method}' (choose from {', '.join(EVAL_METHODS)})")
+    settings = dict(METHOD_SETTINGS[method])
+    if settings["method"] == "conva":
+        settings.update(mode=mode or "prompt", direction=direction)
     return SteerConfig(targets=[Target(value, p0)], negative_prompt=negative_prompt,
-                       caa_coef=caa_coef, **METHOD_SETTINGS[method])
+                       caa_coef=caa_coef, **settings)
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -95,8 +106,9 @@ def prompt_file_values(prompts_file: Path) -> list[str]:
 
 
 def load_items(values: list[str], n: int | None = None, prompts_file: Path | None = None,
-               data: ValueData | None = None) -> list[EvalItem]:
-    """Held-out test prompts per value (at most n each)."""
+               data: ValueData | None = None, split: Split = "test") -> list[EvalItem]:
+    """Held-out prompts per value (at most n each): the test (even) half of the dilemmas,
+    or the calibration (odd) half to tune strengths and recipes on."""
     items: list[EvalItem] = []
     if prompts_file is not None:
         per: dict[str, int] = {}
@@ -115,8 +127,9 @@ def load_items(values: list[str], n: int | None = None, prompts_file: Path | Non
     data = data or ValueData()
     for v in values:
         ds = data.dilemmas(v)
-        _calib, test = dilemma_split([d.id for d in ds])
-        chosen = [ds[i] for i in test][: n if n is not None else None]
+        calib, test = dilemma_split([d.id for d in ds])
+        half = calib if split == "calibration" else test
+        chosen = [ds[i] for i in half][: n if n is not None else None]
         items += [EvalItem(v, d.id, d.prompt) for d in chosen]
     return items
 
@@ -169,6 +182,21 @@ class EvalOptions:
     general: bool = True
     mcq_n: int | None = None
     show_progress: bool = True
+    split: Split = "test"
+    mode: Mode | None = None  # ConVA's mode; None = prompt
+    direction: Direction | None = None  # ConVA's delta direction; None = the pack's recipe
+
+    def conva_p0(self, pack: Pack, value: str) -> float | None:
+        """--p0 if given; under the negative prompt, the recipe's P0 for that setting."""
+        if self.p0 is not None:
+            return self.p0
+        if self.negative_prompt and pack.recipe.p0_negative:
+            return pack.recipe.p0_for(value, negative_prompt=True)
+        return None
+
+    def config(self, method: str, value: str, pack: Pack) -> SteerConfig:
+        return steer_config(method, value, self.negative_prompt, self.conva_p0(pack, value),
+                            self.caa_coef, self.mode, self.direction)
 
 
 @dataclass
@@ -207,7 +235,7 @@ def _generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) ->
     done = 0
     with progress_bar(len(todo), "generate", opts.show_progress) as advance:
         for (method, value), chunk in batches:
-            cfg = steer_config(method, value, opts.negative_prompt, opts.p0, opts.caa_coef)
+            cfg = opts.config(method, value, ctx.pack)
             results = ctx.session.generate_batch([it.prompt for it in chunk], cfg, gen)
             for it, r in zip(chunk, results):
                 store.append({
@@ -287,7 +315,8 @@ def _general_ability(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     with progress_bar(len(todo), "general ability", opts.show_progress) as advance:
         for (m, value), chunk in batches:
             scored = ctx.session.next_token_logits_batch(
-                [q.as_prompt() for _, q in chunk], steer_config(m, value, p0=opts.p0),
+                [q.as_prompt() for _, q in chunk],
+                steer_config(m, value, p0=opts.p0, mode=opts.mode, direction=opts.direction),
                 ANSWER_CUE)
             for (key, q), (logits, gate) in zip(chunk, scored):
                 pred = mcq_answer(logits, letters)
@@ -377,7 +406,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     methods = list(results["mean"])
     lines = ["# Evaluation results", "",
              f"Model `{results['model']['id']}` (fingerprint {results['model']['fingerprint']}),"
-             f" pack `{results['pack']['path']}`, dataset {results['dataset_hash']}; "
+             f" pack `{results['pack']['path']}` (recipe "
+             f"`{results.get('recipe', {}).get('name', 'accuracy')}`), dataset "
+             f"{results['dataset_hash']}; prompts: {results.get('prompts', 'test dilemmas')}; "
              f"judge `{results['judge'].get('name', results['judge']['kind'])}`"
              + _judge_card_text(results["judge"]) + ".",
              "", "Cells: CSR / FR (control success rate / fluency rate), n = "
@@ -450,7 +481,8 @@ def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     lm = ctx.session.lm
     return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.pack.digest(),
             "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
-            "p0": opts.p0, "caa_coef": opts.caa_coef}
+            "p0": opts.p0, "caa_coef": opts.caa_coef, "mode": opts.mode,
+            "direction": opts.direction}
 
 
 def check_run_settings(ctx: EvalContext, opts: EvalOptions) -> None:
@@ -486,7 +518,7 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
         if m != "none":
             for v in opts.values:
                 ctx.pack.value(v)
-    items = load_items(opts.values, opts.n, opts.prompts_file, ctx.data)
+    items = load_items(opts.values, opts.n, opts.prompts_file, ctx.data, opts.split)
     ctx.out.mkdir(parents=True, exist_ok=True)
     check_run_settings(ctx, opts)
     gens = _generate_all(ctx, opts, items)
@@ -502,9 +534,14 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
                  "pack_json_sha256": sha256_file(pack_json)
                  if pack_json is not None and pack_json.is_file() else None},
         "dataset_hash": ctx.data.digest(),
-        "prompts": str(opts.prompts_file) if opts.prompts_file else "test dilemmas (even half)",
+        "prompts": str(opts.prompts_file) if opts.prompts_file else
+        ("calibration dilemmas (odd half)" if opts.split == "calibration"
+         else "test dilemmas (even half)"),
+        "recipe": ctx.pack.recipe.to_json(),
         "settings": {"max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
-                     "p0": opts.p0, "caa_coef": opts.caa_coef,
+                     "p0": opts.p0, "caa_coef": opts.caa_coef, "mode": opts.mode or "prompt",
+                     "direction": opts.direction or ctx.pack.recipe.direction,
+                     "split": opts.split,
                      "n": opts.n, "negative_prompt": opts.negative_prompt,
                      "methods": opts.methods},
         "judge": judge.describe(),

@@ -73,6 +73,8 @@ def render_model_card(pack: Pack, eval_table: str | None = None,
         f"{m.hidden_size}, fingerprint `{m.fingerprint}`)",
         f"- Values: {values}",
         f"- Gate: {gate_text}",
+        f"- Recipe: `{pack.recipe.name}` ({pack.recipe.description}) Delta direction: "
+        f"{pack.recipe.direction}.",
         f"- Dataset hash: `{pack.dataset_hash or '-'}`",
         f"- Convention: {LAYER_CONVENTION}.",
         "",

@@ -23,6 +23,7 @@ from conva_mlx.models.layers import LAYER_CONVENTION
 from conva_mlx.packs.schema import Fields, check_checksum, check_value_name
 from conva_mlx.probes.gate import Gate, GateMetrics
 from conva_mlx.probes.linear import ProbeSet
+from conva_mlx.probes.recipe import LEGACY_RECIPE, Recipe
 
 FORMAT_VERSION = 1
 PACK_JSON = "pack.json"
@@ -60,6 +61,7 @@ class Pack:
     capture: dict[str, Any] = field(default_factory=lambda: {"reduce": "last",
                                                              "chat_template": False})
     extra: dict[str, Any] = field(default_factory=dict)
+    recipe: Recipe = LEGACY_RECIPE  # packs without a recorded recipe were made with it
 
     def check_model(self, model_id: str, fingerprint: str) -> None:
         if fingerprint != self.model.fingerprint:
@@ -70,6 +72,8 @@ class Pack:
     def digest(self) -> str:
         """sha256 of everything steering reads (vectors, layers, P0, gate), short hex."""
         h = hashlib.sha256(self.model.fingerprint.encode())
+        if self.recipe.direction != "probe":  # the one recipe field steering reads
+            h.update(self.recipe.direction.encode())
         for name in sorted(self.values):
             v = self.values[name]
             h.update(json.dumps([name, v.layers, v.default_p0, v.fixed_scale]).encode())
@@ -120,7 +124,8 @@ def pack_to_json(pack: Pack) -> dict[str, Any]:
         "format": "conva-mlx-pack", "format_version": FORMAT_VERSION, "tool_version": __version__,
         "layer_convention": LAYER_CONVENTION,
         "model": pack.model.__dict__, "dataset_hash": pack.dataset_hash,
-        "capture": pack.capture, "values": values, "gate": gate, "extra": pack.extra,
+        "capture": pack.capture, "recipe": pack.recipe.to_json(), "values": values,
+        "gate": gate, "extra": pack.extra,
     }
 
 
@@ -335,5 +340,7 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
         gate = Gate(g.integer("layer", 0, model.num_layers), weight, g.number("bias"),
                     g.number("threshold"), metrics, scores)
     _check_binding(meta, header_meta, model, vec_file, expected, tensors)
+    recipe = (Recipe.from_json(meta.object("recipe"), f"{meta.where} (recipe)")
+              if meta.has("recipe") else LEGACY_RECIPE)
     return Pack(model, values, gate, meta.string("dataset_hash", ""),
-                meta.object("capture", {}), meta.object("extra", {}))
+                meta.object("capture", {}), meta.object("extra", {}), recipe)

@@ -9,6 +9,11 @@ Steering away asks for P <= 1 - P0 instead (eps <= 0). Several values at one lay
 an intersection of half-spaces; the minimum-norm delta onto it is found with Dykstra's
 alternating projections (a fixed number of sweeps, deterministic, in the order given).
 With one value a single projection is exact.
+
+A constraint may also carry a direction u to move along instead of its normal (the
+"mean-diff" recipe: u = the unit mean difference of the pair states). The move that just
+satisfies a . (x + t u) >= c is t = max(0, c - a . x) / (a . u); with u = a it is the
+projection above.
 """
 
 from __future__ import annotations
@@ -34,23 +39,28 @@ class HalfSpaces:
 
     normals: mx.array  # (K, hidden)
     offsets: mx.array  # (K,)
+    moves: mx.array | None = None  # (K, hidden) directions to move along; None = normals
 
     @classmethod
     def from_probes(cls, weights: mx.array, biases: mx.array, p0: list[float],
-                    away: list[bool]) -> HalfSpaces:
-        """Probe constraints: toward -> w.x + b >= logit(P0); away -> w.x + b <= logit(1-P0)."""
+                    away: list[bool], moves: mx.array | None = None) -> HalfSpaces:
+        """Probe constraints: toward -> w.x + b >= logit(P0); away -> w.x + b <= logit(1-P0).
+
+        `moves` (K, hidden), given toward the value, are flipped with the constraint."""
         sign = mx.array([-1.0 if a else 1.0 for a in away], dtype=weights.dtype)
         target = mx.array([logit(1 - p) if a else logit(p) for p, a in zip(p0, away)],
                           dtype=weights.dtype)
         normals = weights * sign[:, None]
         offsets = sign * (target - biases)
-        return cls(normals, offsets)
+        return cls(normals, offsets, None if moves is None else moves * sign[:, None])
 
 
-def _project(x: mx.array, a: mx.array, c: mx.array, a_sq: mx.array) -> mx.array:
-    """Project x (..., hidden) onto {a . x >= c}."""
+def _project(x: mx.array, a: mx.array, c: mx.array, a_sq: mx.array,
+             u: mx.array | None = None) -> mx.array:
+    """Move x (..., hidden) onto {a . x >= c}: along a (projection), or along u with
+    a . u = a_sq."""
     gap = c - (x * a).sum(axis=-1, keepdims=True)
-    return x + mx.maximum(gap, 0.0) / a_sq * a
+    return x + mx.maximum(gap, 0.0) / a_sq * (a if u is None else u)
 
 
 def minimal_delta(e: mx.array, cons: HalfSpaces) -> mx.array:
@@ -58,8 +68,10 @@ def minimal_delta(e: mx.array, cons: HalfSpaces) -> mx.array:
     e32 = e.astype(mx.float32)
     normals = cons.normals.astype(mx.float32)
     offsets = cons.offsets.astype(mx.float32)
-    a_sq = (normals * normals).sum(axis=-1)
     k = normals.shape[0]
+    if cons.moves is not None:
+        return _move_along(e32, normals, offsets, cons.moves.astype(mx.float32)).astype(e.dtype)
+    a_sq = (normals * normals).sum(axis=-1)
     if k == 1:
         return (_project(e32, normals[0], offsets[0], a_sq[0]) - e32).astype(e.dtype)
     x = e32
@@ -70,6 +82,19 @@ def minimal_delta(e: mx.array, cons: HalfSpaces) -> mx.array:
             corrections[i] = x + corrections[i] - y
             x = y
     return (x - e32).astype(e.dtype)
+
+
+def _move_along(e: mx.array, normals: mx.array, offsets: mx.array, moves: mx.array
+                ) -> mx.array:
+    """Each constraint in turn, moving along its own direction (a fixed number of sweeps:
+    with several values the moves are not orthogonal, so a later one can undo an earlier)."""
+    a_u = (normals * moves).sum(axis=-1)
+    k = normals.shape[0]
+    x = e
+    for _ in range(1 if k == 1 else DYKSTRA_SWEEPS):
+        for i in range(k):
+            x = _project(x, normals[i], offsets[i], a_u[i], moves[i])
+    return x - e
 
 
 def sigmoid_np(z: np.ndarray | float) -> np.ndarray:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from conva_mlx.errors import ConvaError
+from conva_mlx.probes.recipe import DIRECTIONS, Direction
 from conva_mlx.values import check_value, load_values
 
 Method = Literal["conva", "caa", "ica", "none"]
@@ -63,14 +64,19 @@ class SteerConfig:
     caa_coef: float
     negative_prompt: bool  # prepend "You have low level of {value}..."
     layers: list[int] | None  # override the pack's per-value layers
+    direction: Direction | None  # ConVA's delta direction; None = the pack recipe's
 
     def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (), method: Method = "conva",
                  mode: Mode = "prompt", gate: bool = True, probes: Probes = "controlled",
                  caa_coef: float = 1.0, negative_prompt: bool = False,
-                 layers: list[int] | None = None) -> None:
+                 layers: list[int] | None = None, direction: Direction | None = None) -> None:
         self.targets = parse_targets(targets)
         self.method, self.mode, self.gate, self.probes = method, mode, gate, probes
         self.caa_coef, self.negative_prompt, self.layers = caa_coef, negative_prompt, layers
+        self.direction = direction
+        if direction is not None and direction not in DIRECTIONS:
+            raise ConvaError(f"unknown direction '{direction}' (choose from "
+                             f"{', '.join(DIRECTIONS)})")
         if method not in METHODS:
             raise ConvaError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
         if mode not in MODES:

@@ -67,12 +67,28 @@ def layer_plans(pack: Pack, cfg: SteerConfig, targets: list[Target]) -> list[Lay
                                      f"{t.value}")
                 probes = entry.uncontrolled
             probe_sets.append(probes)
-        w = mx.array(np.stack([p.weights[k] for p in probe_sets]))
+        w_np = np.stack([p.weights[k] for p in probe_sets])
+        w = mx.array(w_np)
         b = mx.array(np.array([p.biases[k] for p in probe_sets], dtype=np.float32))
+        moves = None
+        if (cfg.direction or pack.recipe.direction) == "mean-diff":
+            moves = mx.array(mean_diff_moves(w_np, np.stack([p.caa[k] for p in probe_sets])))
         cons = HalfSpaces.from_probes(w, b, [float(t.p0 or 0.5) for t in ts],
-                                      [t.away for t in ts])
+                                      [t.away for t in ts], moves)
         plans.append(LayerPlan(k, [t.value for t in ts], w, b, cons))
     return plans
+
+
+MIN_ALIGNMENT = 0.05  # cos(w, d) below this: moving along d would need a huge step
+
+
+def mean_diff_moves(weights: np.ndarray, caa: np.ndarray) -> np.ndarray:
+    """Unit mean-difference directions, one per probe row; where the direction is (nearly)
+    orthogonal to the probe or points against it, the probe's own direction instead."""
+    d = caa / np.maximum(np.linalg.norm(caa, axis=-1, keepdims=True), 1e-12)
+    w_unit = weights / np.maximum(np.linalg.norm(weights, axis=-1, keepdims=True), 1e-12)
+    cos = (d * w_unit).sum(axis=-1, keepdims=True)
+    return np.where(cos >= MIN_ALIGNMENT, d, w_unit).astype(np.float32)
 
 
 def caa_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]) -> dict[int, mx.array]:
