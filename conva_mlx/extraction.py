@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from conva_mlx.data.dataset import ValueData
+from conva_mlx.data.dataset import GateQuery, ValueData
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry
 from conva_mlx.probes.capture import CaptureOptions, capture
-from conva_mlx.probes.gate import Gate, dilemma_split, query_split, train_gate
+from conva_mlx.probes.gate import (
+    Gate,
+    dilemma_split,
+    kind_report,
+    kind_split,
+    query_split,
+    train_gate,
+)
 from conva_mlx.probes.linear import (
     EXCLUDE_LAST,
     MIN_ACCURACY,
@@ -123,15 +130,35 @@ class GateTexts:
     dilemma_calib: list[int]
     dilemma_test: list[int]
     query_splits: tuple[np.ndarray, np.ndarray, np.ndarray]  # train, calibration, test
+    n_queries: int = 0
+    beyond: list[GateQuery] = field(default_factory=list)  # after the queries
 
     def fit(self, states: np.ndarray, layers: list[int]) -> Gate:
-        """`train_gate` on captured `states` (texts, len(layers), hidden)."""
+        """`train_gate` on captured `states` (texts, len(layers), hidden).
+
+        Queries beyond dilemma wording join training (their train part) and threshold
+        calibration (their calibration part); their test part is reported per kind."""
         rel = states[: self.n_related]
         dil = states[self.n_related: self.n_related + self.n_dilemmas]
-        qs = states[self.n_related + self.n_dilemmas:]
+        start = self.n_related + self.n_dilemmas
+        qs = states[start: start + self.n_queries]
+        bs = states[start + self.n_queries:]
         q_train, q_calib, q_test = self.query_splits
-        return train_gate(rel, qs[q_train], dil[self.dilemma_calib], qs[q_calib],
+        b_train, b_calib, b_test = kind_split([q.kind for q in self.beyond])
+
+        def part(idx: list[int], related: bool) -> list[int]:
+            return [i for i in idx if self.beyond[i].related == related]
+
+        gate = train_gate(np.concatenate([rel, bs[part(b_train, True)]]),
+                          np.concatenate([qs[q_train], bs[part(b_train, False)]]),
+                          np.concatenate([dil[self.dilemma_calib], bs[part(b_calib, True)]]),
+                          np.concatenate([qs[q_calib], bs[part(b_calib, False)]]),
                           dil[self.dilemma_test], qs[q_test], layers)
+        if b_test:
+            j = layers.index(gate.layer)
+            opened = gate.scores(bs[b_test][:, j]) >= gate.threshold
+            gate.by_kind = kind_report([self.beyond[i].kind for i in b_test], opened)
+        return gate
 
 
 def gate_texts(data: ValueData, values: list[str]) -> GateTexts:
@@ -141,8 +168,11 @@ def gate_texts(data: ValueData, values: list[str]) -> GateTexts:
     dilemmas = [d for v in values for d in data.dilemmas(v)]
     calib_idx, test_idx = dilemma_split([d.id for d in dilemmas])
     queries = [q.prompt for q in data.unrelated_queries()]
-    return GateTexts(related + [d.prompt for d in dilemmas] + queries, len(related),
-                     len(dilemmas), calib_idx, test_idx, query_split(len(queries)))
+    chosen = set(values)
+    beyond = [q for q in data.gate_queries() if not q.related or q.value in chosen]
+    return GateTexts(related + [d.prompt for d in dilemmas] + queries + [q.prompt for q in beyond],
+                     len(related), len(dilemmas), calib_idx, test_idx,
+                     query_split(len(queries)), len(queries), beyond)
 
 
 def extract_gate(lm: LoadedModel, data: ValueData, values: list[str], opts: ExtractOptions,

@@ -39,3 +39,27 @@ def test_staged_gate_equals_full_search(default_lm: LoadedModel, small_pack: Pac
     assert set(staged.layer_scores) <= set(full.layer_scores)
     if len(staged.layer_scores) < len(full.layer_scores):
         assert staged.layer_scores[staged.layer] == 1.0
+
+
+def test_gate_queries_beyond_dilemmas_split_per_kind_and_are_reported(small_pack: Pack) -> None:
+    from conva_mlx.data.dataset import GATE_KINDS
+    from conva_mlx.probes.gate import kind_split
+
+    queries = ValueData().gate_queries()
+    kinds = [q.kind for q in queries]
+    assert set(kinds) == set(GATE_KINDS)
+    train, calib, test = kind_split(kinds)
+    assert sorted(train + calib + test) == list(range(len(queries)))
+    for kind in GATE_KINDS:  # every kind is in every part, about 2:1:1
+        n = kinds.count(kind)
+        assert sum(kinds[i] == kind for i in test) == pytest.approx(n / 4, abs=1)
+        assert sum(kinds[i] == kind for i in calib) == pytest.approx(n / 4, abs=1)
+    gate = small_pack.gate
+    assert gate is not None
+    # the pack has benevolence and power: their value-related queries, every neutral choice
+    chosen = [q for q in queries if not q.related or q.value in ("benevolence", "power")]
+    _, _, chosen_test = kind_split([q.kind for q in chosen])
+    reported = sum(int(v["n"]) for k, v in gate.by_kind.items() if k.startswith("value-"))
+    assert reported == sum(chosen[i].related for i in chosen_test) > 0
+    assert gate.by_kind["neutral-choice"]["n"] == sum(kinds[i] == "neutral-choice" for i in test)
+    assert 0.0 <= gate.by_kind["all"]["recall"] <= 1.0

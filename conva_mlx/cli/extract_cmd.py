@@ -34,6 +34,15 @@ def accuracy_table(pack: Pack) -> Table:
     return table
 
 
+def gate_kind_text(by_kind: dict[str, dict[str, float]]) -> str:
+    cells = [f"{k} opens {v['open_rate']:.2f} (n {int(v['n'])})" for k, v in by_kind.items()
+             if k != "all"]
+    if "all" in by_kind:
+        cells.append(f"precision {by_kind['all']['precision']:.2f}, recall "
+                     f"{by_kind['all']['recall']:.2f}")
+    return "; ".join(cells)
+
+
 def selection_notes(pack: Pack) -> list[str]:
     return [f"{name}: {v.selection_note}" for name, v in pack.values.items()]
 
@@ -88,5 +97,7 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
         console.print(f"gate: block {g.layer}, threshold {g.threshold:.3f}, held-out precision "
                       f"{g.metrics.precision:.2f} recall {g.metrics.recall:.2f} "
                       f"F1 {g.metrics.f1:.2f} (false-open rate {g.metrics.false_open_rate:.2f})")
+        if g.by_kind:
+            console.print("gate on held-out queries beyond dilemmas: " + gate_kind_text(g.by_kind))
     console.print(f"recipe {opts.recipe.name}: {opts.recipe.description}", style="dim")
     console.print(f"pack written to {out_dir} (plot: {plot})")

@@ -6,6 +6,7 @@ Layout of a data directory (the shipped one is `conva_mlx/data/`):
     uncontrolled/<value>.jsonl    non-context-controlled pairs (ablation)
     dilemmas/<value>.jsonl        held-out test dilemmas (value-related gate positives)
     gate/unrelated_queries.jsonl  value-unrelated queries (gate negatives)
+    gate/beyond_dilemmas.jsonl    value-related non-dilemmas and value-neutral choices
     gate/mcq.jsonl                value-unrelated multiple-choice questions
 """
 
@@ -50,6 +51,25 @@ class Query:
     id: str
     prompt: str
     category: str = ""
+
+
+GATE_KINDS = ("value-opinion", "value-advice", "value-paragraph", "neutral-choice")
+
+
+@dataclass(frozen=True)
+class GateQuery:
+    """A gate query beyond dilemma wording: value-related (an opinion, advice or a paragraph
+    about something a value is about) or a value-neutral practical choice phrased like a
+    dilemma ("Should I use tabs or spaces?")."""
+
+    id: str
+    kind: str
+    prompt: str
+    value: str = ""
+
+    @property
+    def related(self) -> bool:
+        return self.kind != "neutral-choice"
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,21 @@ class ValueData:
     def unrelated_queries(self) -> list[Query]:
         path = self.root / "gate" / "unrelated_queries.jsonl"
         return [_build(Query, path, n, r, ("id", "prompt")) for n, r in read_jsonl(path)]
+
+    def gate_queries(self) -> list[GateQuery]:
+        """gate/beyond_dilemmas.jsonl (optional in a custom data directory)."""
+        path = self.root / "gate" / "beyond_dilemmas.jsonl"
+        if not path.is_file():
+            return []
+        out = [_build(GateQuery, path, n, r, ("id", "kind", "prompt"))
+               for n, r in read_jsonl(path)]
+        for q in out:
+            if q.kind not in GATE_KINDS:
+                raise ConvaError(f"{path}: {q.id} has kind '{q.kind}' (choose from "
+                                 f"{', '.join(GATE_KINDS)})")
+            if q.related and q.value:
+                check_value(q.value)
+        return out
 
     def mcqs(self) -> list[MCQ]:
         path = self.root / "gate" / "mcq.jsonl"

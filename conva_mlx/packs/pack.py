@@ -119,7 +119,8 @@ def pack_to_json(pack: Pack) -> dict[str, Any]:
         g = pack.gate
         gate = {"layer": g.layer, "bias": g.bias, "threshold": g.threshold,
                 "metrics": g.metrics.as_dict(),
-                "layer_f1": {str(k): round(v, 4) for k, v in g.layer_scores.items()}}
+                "layer_f1": {str(k): round(v, 4) for k, v in g.layer_scores.items()},
+                "by_kind": g.by_kind}
     return {
         "format": "conva-mlx-pack", "format_version": FORMAT_VERSION, "tool_version": __version__,
         "layer_convention": LAYER_CONVENTION,
@@ -337,8 +338,10 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
             scores = {int(k): layer_f1.number(k) for k in layer_f1.obj}
         except ValueError as exc:
             raise ConvaError(f"{layer_f1.where}: keys must be block numbers") from exc
+        by_kind = g.object("by_kind", {})  # informational: what the gate did on held-out kinds
         gate = Gate(g.integer("layer", 0, model.num_layers), weight, g.number("bias"),
-                    g.number("threshold"), metrics, scores)
+                    g.number("threshold"), metrics, scores,
+                    {str(k): dict(v) for k, v in by_kind.items() if isinstance(v, dict)})
     _check_binding(meta, header_meta, model, vec_file, expected, tensors)
     recipe = (Recipe.from_json(meta.object("recipe"), f"{meta.where} (recipe)")
               if meta.has("recipe") else LEGACY_RECIPE)

@@ -10,7 +10,7 @@ the rest.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,9 @@ class Gate:
     threshold: float  # open when sigmoid(w . e + b) >= threshold
     metrics: GateMetrics
     layer_scores: dict[int, float]
+    # Held-out queries beyond dilemma wording: per kind {"n", "open_rate"}, and overall
+    # precision / recall (value-related kinds vs value-neutral choices).
+    by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def scores(self, states: np.ndarray) -> np.ndarray:
         """Gate probabilities for states of shape (n, hidden)."""
@@ -62,6 +65,31 @@ def query_split(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unrelated queries: 50% train, 25% calibration, 25% test (interleaved, deterministic)."""
     idx = np.arange(n)
     return idx[idx % 4 < 2], idx[idx % 4 == 2], idx[idx % 4 == 3]
+
+
+def kind_split(kinds: list[str]) -> tuple[list[int], list[int], list[int]]:
+    """Per kind, in file order: 50% train, 25% calibration, 25% test (interleaved)."""
+    seen: dict[str, int] = {}
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for i, kind in enumerate(kinds):
+        k = seen.get(kind, 0)
+        seen[kind] = k + 1
+        parts[0 if k % 4 < 2 else 1 if k % 4 == 2 else 2].append(i)
+    return parts
+
+
+def kind_report(kinds: list[str], opened: np.ndarray) -> dict[str, dict[str, float]]:
+    """Open rate per kind and precision / recall of related kinds against neutral ones."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in dict.fromkeys(kinds):
+        sel = np.array([k == kind for k in kinds])
+        out[kind] = {"n": int(sel.sum()), "open_rate": round(float(opened[sel].mean()), 4)}
+    related = np.array([k != "neutral-choice" for k in kinds])
+    if related.any() and (~related).any():
+        m = metrics_at(opened[related].astype(float), opened[~related].astype(float), 0.5)
+        out["all"] = {"n": len(kinds), "precision": round(m.precision, 4),
+                      "recall": round(m.recall, 4)}
+    return out
 
 
 def metrics_at(related: np.ndarray, unrelated: np.ndarray, threshold: float) -> GateMetrics:
