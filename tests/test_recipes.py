@@ -20,7 +20,7 @@ from conva_mlx.packs.pack import PACK_JSON, Pack, load_pack, save_pack
 from conva_mlx.probes.linear import C_GRID, choose_c, fit_probe
 from conva_mlx.probes.perturbation import HalfSpaces, logit, minimal_delta
 from conva_mlx.probes.recipe import ACCURACY, PAPER, PAPER_P0, TEMPLATED, Recipe, get_recipe
-from conva_mlx.steering import SteerConfig, SteeringSession, Target
+from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
 from conva_mlx.steering.hooks import MIN_ALIGNMENT, layer_plans, mean_diff_moves
 
 RNG = np.random.default_rng(3)
@@ -157,3 +157,21 @@ def test_eval_recipe_extracts_its_pack_once_and_reuses_it(tmp_path: Path) -> Non
     wrong = CliRunner().invoke(cli, [*args[:1], "--pack", str(out / "pack-paper"),
                                      "--recipe", "accuracy", *args[3:]])
     assert wrong.exit_code != 0 and "made with recipe 'paper'" in wrong.output
+
+
+def test_generated_positions_only_batches_like_one_prompt_and_reaches_p0(
+        paper_pack: Pack, default_lm: LoadedModel) -> None:
+    session = SteeringSession(default_lm, paper_pack)
+    cfg = SteerConfig([Target("benevolence", 0.97)], gate=False, positions="generated")
+    prompts = ["Should I spend Sunday helping my sister move house or finish my own project?",
+               "Should I keep the money I found?"]
+    one = [session.generate(p, cfg, GenOptions(max_tokens=8)) for p in prompts]
+    batch = session.generate_batch(prompts, cfg, GenOptions(max_tokens=8))
+    assert [r.tokens for r in batch] == [r.tokens for r in one]
+    assert all(r.p_after["benevolence"] >= 0.97 - 1e-3 for r in one[0].layers)
+    every = session.generate(prompts[0], SteerConfig([Target("benevolence", 0.97)], gate=False),
+                             GenOptions(max_tokens=8))
+    # the prompt's other positions stay plain, so later blocks measure other deltas
+    assert [r.delta_norm for r in every.layers] != [r.delta_norm for r in one[0].layers]
+    with pytest.raises(ConvaError, match="prompt-mode setting"):
+        SteerConfig(["benevolence"], mode="token", positions="generated")

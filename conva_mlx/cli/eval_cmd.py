@@ -27,7 +27,7 @@ from conva_mlx.models.loading import load_model
 from conva_mlx.probes.recipe import DIRECTIONS, RECIPES, get_recipe
 from conva_mlx.sharing.pack_source import resolve_pack_path
 from conva_mlx.steering import GenOptions, SteeringSession
-from conva_mlx.steering.config import MODES
+from conva_mlx.steering.config import MODES, POSITIONS
 from conva_mlx.values import parse_values
 
 
@@ -44,6 +44,9 @@ from conva_mlx.values import parse_values
               help="ConVA's mode (default prompt: delta measured once from the prompt).")
 @click.option("--direction", type=click.Choice(list(DIRECTIONS)), default=None,
               help="ConVA's delta direction (default: the pack recipe's).")
+@click.option("--positions", type=click.Choice(list(POSITIONS)), default=None,
+              help="Prompt mode: add ConVA's delta at every position (all, default) or only "
+                   "from the prompt's last token on (generated).")
 @model_option
 @click.option("--values", "values_spec", default=None,
               help="'all' or a comma-separated list of values (default: all, or the values "
@@ -79,7 +82,8 @@ from conva_mlx.values import parse_values
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True)
 def eval_command(pack_spec: str | None, recipe_name: str | None, split: str, mode: str | None,
-                 direction: str | None, model_spec: str, dtype: str, values_spec: str | None,
+                 direction: str | None, positions: str | None, model_spec: str, dtype: str,
+                 values_spec: str | None,
                  methods_spec: str, negative_prompt: bool, prompts_file: Path | None,
                  n: int | None, judge_kind: str, judge_base_url: str | None, judge_model: str,
                  judge_api_key_env: str, max_tokens: int, p0: float | None,
@@ -132,7 +136,8 @@ def eval_command(pack_spec: str | None, recipe_name: str | None, split: str, mod
                        prompts_file=prompts_file, max_tokens=max_tokens, p0=p0,
                        caa_coef=caa_coef, batch_size=batch_size, temp=temp, seed=seed,
                        general=general, mcq_n=mcq_n, split=split,  # type: ignore[arg-type]
-                       mode=mode, direction=direction)  # type: ignore[arg-type]
+                       mode=mode, direction=direction,  # type: ignore[arg-type]
+                       positions=positions)  # type: ignore[arg-type]
     results = run_eval(EvalContext(session, out_dir, build_judge, pack_path), opts)
     print_table(results)
     suffix = "-neg" if negative_prompt else ""

@@ -36,7 +36,7 @@ from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.probes.recipe import Direction
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession, Target
-from conva_mlx.steering.config import Mode
+from conva_mlx.steering.config import Mode, Positions
 from conva_mlx.values import check_value
 
 # Evaluation method name -> SteerConfig settings.
@@ -59,7 +59,8 @@ Split = Literal["test", "calibration"]
 
 def steer_config(method: str, value: str, negative_prompt: bool = False,
                  p0: float | None = None, caa_coef: float = 1.0, mode: Mode | None = None,
-                 direction: Direction | None = None) -> SteerConfig:
+                 direction: Direction | None = None, positions: Positions | None = None
+                 ) -> SteerConfig:
     """Settings of one evaluation method; p0 None = the pack's default for the value.
     `mode` and `direction` apply to the ConVA methods (None = prompt mode, the pack's
     recipe direction)."""
@@ -67,7 +68,8 @@ def steer_config(method: str, value: str, negative_prompt: bool = False,
         raise ConvaError(f"unknown method '{method}' (choose from {', '.join(EVAL_METHODS)})")
     settings = dict(METHOD_SETTINGS[method])
     if settings["method"] == "conva":
-        settings.update(mode=mode or "prompt", direction=direction)
+        settings.update(mode=mode or "prompt", direction=direction,
+                        positions=positions or "all")
     return SteerConfig(targets=[Target(value, p0)], negative_prompt=negative_prompt,
                        caa_coef=caa_coef, **settings)
 
@@ -185,6 +187,7 @@ class EvalOptions:
     split: Split = "test"
     mode: Mode | None = None  # ConVA's mode; None = prompt
     direction: Direction | None = None  # ConVA's delta direction; None = the pack's recipe
+    positions: Positions | None = None  # prompt mode: where the delta goes; None = all
 
     def conva_p0(self, pack: Pack, value: str) -> float | None:
         """--p0 if given; under the negative prompt, the recipe's P0 for that setting."""
@@ -196,7 +199,7 @@ class EvalOptions:
 
     def config(self, method: str, value: str, pack: Pack) -> SteerConfig:
         return steer_config(method, value, self.negative_prompt, self.conva_p0(pack, value),
-                            self.caa_coef, self.mode, self.direction)
+                            self.caa_coef, self.mode, self.direction, self.positions)
 
 
 @dataclass
@@ -316,7 +319,8 @@ def _general_ability(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
         for (m, value), chunk in batches:
             scored = ctx.session.next_token_logits_batch(
                 [q.as_prompt() for _, q in chunk],
-                steer_config(m, value, p0=opts.p0, mode=opts.mode, direction=opts.direction),
+                steer_config(m, value, p0=opts.p0, mode=opts.mode, direction=opts.direction,
+                             positions=opts.positions),
                 ANSWER_CUE)
             for (key, q), (logits, gate) in zip(chunk, scored):
                 pred = mcq_answer(logits, letters)
@@ -482,7 +486,7 @@ def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.pack.digest(),
             "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
             "p0": opts.p0, "caa_coef": opts.caa_coef, "mode": opts.mode,
-            "direction": opts.direction}
+            "direction": opts.direction, "positions": opts.positions}
 
 
 def check_run_settings(ctx: EvalContext, opts: EvalOptions) -> None:
@@ -541,6 +545,7 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
         "settings": {"max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
                      "p0": opts.p0, "caa_coef": opts.caa_coef, "mode": opts.mode or "prompt",
                      "direction": opts.direction or ctx.pack.recipe.direction,
+                     "positions": opts.positions or "all",
                      "split": opts.split,
                      "n": opts.n, "negative_prompt": opts.negative_prompt,
                      "methods": opts.methods},

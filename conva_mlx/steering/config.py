@@ -13,8 +13,12 @@ from conva_mlx.values import check_value, load_values
 Method = Literal["conva", "caa", "ica", "none"]
 Mode = Literal["prompt", "token"]
 Probes = Literal["controlled", "uncontrolled"]
+# Where prompt mode adds its delta: every position (the reference), or only from the
+# prompt's last token on (the positions that produce the reply).
+Positions = Literal["all", "generated"]
 METHODS: tuple[str, ...] = get_args(Method)
 MODES: tuple[str, ...] = get_args(Mode)
+POSITIONS: tuple[str, ...] = get_args(Positions)
 
 
 @dataclass(frozen=True)
@@ -65,15 +69,23 @@ class SteerConfig:
     negative_prompt: bool  # prepend "You have low level of {value}..."
     layers: list[int] | None  # override the pack's per-value layers
     direction: Direction | None  # ConVA's delta direction; None = the pack recipe's
+    positions: Positions  # prompt mode: where the delta is added
 
     def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (), method: Method = "conva",
                  mode: Mode = "prompt", gate: bool = True, probes: Probes = "controlled",
                  caa_coef: float = 1.0, negative_prompt: bool = False,
-                 layers: list[int] | None = None, direction: Direction | None = None) -> None:
+                 layers: list[int] | None = None, direction: Direction | None = None,
+                 positions: Positions = "all") -> None:
         self.targets = parse_targets(targets)
         self.method, self.mode, self.gate, self.probes = method, mode, gate, probes
         self.caa_coef, self.negative_prompt, self.layers = caa_coef, negative_prompt, layers
-        self.direction = direction
+        self.direction, self.positions = direction, positions
+        if positions not in POSITIONS:
+            raise ConvaError(f"unknown positions '{positions}' (choose from "
+                             f"{', '.join(POSITIONS)})")
+        if positions != "all" and mode == "token":
+            raise ConvaError("positions 'generated' is a prompt-mode setting (token mode "
+                             "steers every position with its own delta)")
         if direction is not None and direction not in DIRECTIONS:
             raise ConvaError(f"unknown direction '{direction}' (choose from "
                              f"{', '.join(DIRECTIONS)})")

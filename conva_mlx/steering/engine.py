@@ -141,7 +141,7 @@ def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
         else:
             rows_on = (None if all(g.open for g in gates)
                        else mx.array([1.0 if g.open else 0.0 for g in gates]))
-            measure = PromptModeMeasure(plans, rows_on)
+            measure = PromptModeMeasure(plans, rows_on, cfg.positions == "generated")
             cache = batch.prefill(measure.hooks())
             hooks, reports = measure.generation_hooks(), measure.reports()
             deltas = dict(measure.deltas)

@@ -1,7 +1,8 @@
 """The block hooks that steer, and the per-block plans they read.
 
 Prompt mode measures delta_l once, from the prompt's last-token state, then adds it at every
-position; token mode recomputes it at every position's own state; CAA adds fixed vectors.
+position (or, with positions "generated", only from the prompt's last token on); token mode
+recomputes it at every position's own state; CAA adds fixed vectors.
 """
 
 from __future__ import annotations
@@ -114,9 +115,13 @@ class PromptModeMeasure:
     earlier blocks' deltas) and is added at every position of that row. Rows with
     rows_on == 0 (their gate is closed) get delta 0, so they stay exactly unsteered."""
 
-    def __init__(self, plans: list[LayerPlan], rows_on: mx.array | None = None) -> None:
+    def __init__(self, plans: list[LayerPlan], rows_on: mx.array | None = None,
+                 generated_only: bool = False) -> None:
         self.plans = plans
         self.rows_on = rows_on
+        # generated_only: add delta at the prompt's last token only (the first generated
+        # token's position), so the prompt's earlier positions and their cache stay plain.
+        self.generated_only = generated_only
         self.deltas: dict[int, mx.array] = {}  # (B, hidden) per block
         self.before: dict[int, mx.array] = {}  # (B, hidden) per block
         self._by_index = {p.index: p for p in plans}
@@ -130,6 +135,9 @@ class PromptModeMeasure:
         if self.rows_on is not None:
             d = d * self.rows_on[:, None].astype(d.dtype)
         self.deltas[k], self.before[k] = d, e
+        if self.generated_only:
+            last = (mx.arange(h.shape[1]) == h.shape[1] - 1).astype(h.dtype)
+            return h + d[:, None, :] * last[None, :, None]
         return h + d[:, None, :]
 
     def generation_hooks(self) -> dict[int, BlockHook]:
