@@ -17,7 +17,7 @@ from conva_mlx.models.layers import parse_layers
 from conva_mlx.models.loading import load_model
 from conva_mlx.packs.pack import PACK_OUTPUT, Pack, save_pack
 from conva_mlx.plots import plot_accuracy_by_layer
-from conva_mlx.probes.recipe import DEFAULT_RECIPE, RECIPES, get_recipe
+from conva_mlx.probes.recipe import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 from conva_mlx.values import parse_values
 
 
@@ -32,6 +32,23 @@ def accuracy_table(pack: Pack) -> Table:
         unc = f"{v.uncontrolled.accuracies.max():.2f}" if v.uncontrolled is not None else "-"
         table.add_row(name, str(best), f"{acc[best]:.2f}", layers, str(len(v.layers)), unc)
     return table
+
+
+def recipe_with_c(name: str, c_spec: str | None) -> Recipe:
+    recipe = get_recipe(name)
+    if c_spec is None:
+        return recipe
+    if c_spec == "auto":
+        c: float | None = None
+    else:
+        try:
+            c = float(c_spec)
+        except ValueError as exc:
+            raise ConvaError(f"--c must be a positive number or 'auto', got '{c_spec}'") from exc
+        if not c > 0:
+            raise ConvaError(f"--c must be a positive number or 'auto', got '{c_spec}'")
+    return recipe.with_overrides(name=f"{name}+c={c_spec}", c=c,
+                                 description=f"{recipe.description} C = {c_spec}.")
 
 
 def gate_kind_text(by_kind: dict[str, dict[str, float]]) -> str:
@@ -60,6 +77,9 @@ def selection_notes(pack: Pack) -> list[str]:
               help="How probes are fitted, where they read, which blocks are steered and the "
                    "default P0: " + "; ".join(f"{r.name}: {r.description}"
                                               for r in RECIPES.values()))
+@click.option("--c", "c_spec", default=None,
+              help="Override the recipe's L2 inverse strength C: a number, or 'auto' (chosen "
+                   "per block by held-out log-loss). The pack records the changed recipe.")
 @click.option("--p0", "default_p0", type=float, default=None,
               help="Default strength stored in the pack (default: the recipe's per value).")
 @click.option("--no-gate", is_flag=True, help="Do not train the gate.")
@@ -69,7 +89,8 @@ def selection_notes(pack: Pack) -> list[str]:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace the pack already at --out.")
 def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None,
-            layers_spec: str | None, recipe_name: str, default_p0: float | None, no_gate: bool,
+            layers_spec: str | None, recipe_name: str, c_spec: str | None,
+            default_p0: float | None, no_gate: bool,
             no_uncontrolled: bool, out_dir: Path, force: bool) -> None:
     """Extract value vectors and the gate into a vector pack."""
     values = parse_values(values_spec)
@@ -81,7 +102,7 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
     log(f"model {lm.model_id}: {lm.num_layers} blocks, hidden {lm.hidden_size}, {lm.dtype}")
     opts = ExtractOptions(layers=parse_layers(layers_spec, lm.num_layers),
                           default_p0=default_p0, with_uncontrolled=not no_uncontrolled,
-                          with_gate=not no_gate, recipe=get_recipe(recipe_name))
+                          with_gate=not no_gate, recipe=recipe_with_c(recipe_name, c_spec))
     pack = extract_pack(lm, values, data, opts, show_progress=True)
     save_pack(pack, out_dir, overwrite=force)
     plot = plot_accuracy_by_layer({n: v.probes.accuracies for n, v in pack.values.items()},
