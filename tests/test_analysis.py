@@ -97,8 +97,12 @@ def test_strength_sweep_tool_runs_end_to_end(small_pack_dir: Path, tmp_path: Pat
         str(tool), "--pack", str(small_pack_dir), "--out", str(out), "--values", "power",
         "--n", "2", "--p0", "0.9", "--caa", "1", "--max-tokens", "4"])
     runpy.run_path(str(tool), run_name="__main__")
-    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    sweep = json.loads((out / "sweep.json").read_text())
+    rows = sweep["rows"]
     assert [(r["method"], r["label"], r["n"]) for r in rows] == [
-        ("conva-nogate", "P0=0.9", 2), ("caa", "x1", 2)]
-    assert rows[1]["delta"] > 0 and 0.0 <= rows[0]["csr"] <= 1.0
+        ("none", "-", 2), ("conva", "P0=0.9", 2), ("caa", "x1", 2)]
+    assert sweep["split"] == "calibration"
+    assert rows[0]["delta"] == 0 and rows[2]["delta"] > 0 and 0.0 <= rows[1]["csr"] <= 1.0
+    fluent = {r["method"]: r["label"] for r in rows[1:] if r["fr"] >= rows[0]["fr"] - 0.03}
+    assert sweep["chosen"] == fluent
     assert (out / "sweep.png").is_file() and "| caa | x1 |" in (out / "sweep.md").read_text()
