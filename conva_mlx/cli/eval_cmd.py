@@ -113,9 +113,9 @@ def eval_command(pack_spec: str | None, recipe_name: str | None, split: str, mod
         lm = load_model_for_pack(model_spec, dtype, pack)
     elif recipe_name is not None:
         lm = load_model(model_spec, dtype)
-        log(f"pack for recipe {recipe_name}: {out_dir}/pack-{recipe_name}")
         pack, pack_path = ensure_recipe_pack(lm, get_recipe(recipe_name), out_dir, values,
                                              ValueData(), "conva-uncontrolled" in methods)
+        log(f"pack for recipe {recipe_name}: {pack_path}")
     else:
         raise ConvaError("give --pack or --recipe")
     session = SteeringSession(lm, pack)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -47,7 +48,7 @@ def recipe_with_c(name: str, c_spec: str | None) -> Recipe:
             raise ConvaError(f"--c must be a positive number or 'auto', got '{c_spec}'") from exc
         if not c > 0:
             raise ConvaError(f"--c must be a positive number or 'auto', got '{c_spec}'")
-    return recipe.with_overrides(name=f"{name}+c={c_spec}", c=c,
+    return dataclasses.replace(recipe, name=f"{name}+c={c_spec}", c=c,
                                  description=f"{recipe.description} C = {c_spec}.")
 
 

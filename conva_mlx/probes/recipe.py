@@ -18,11 +18,10 @@ minimal perturbation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.values import VALUE_NAMES
 
 LayerRule = Literal["accuracy", "middle-block"]
 Fit = Literal["standardised", "raw"]
@@ -73,9 +72,6 @@ class Recipe:
         end = max(start + 1, round(self.block[1] * num_layers))
         return list(range(start, min(end, num_layers)))
 
-    def with_overrides(self, **changes: Any) -> Recipe:
-        return replace(self, **changes)
-
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["block"] = list(self.block)
@@ -124,8 +120,3 @@ def get_recipe(name: str) -> Recipe:
         raise ConvaError(f"unknown recipe '{name}' (choose from {', '.join(RECIPES)})")
     return RECIPES[name]
 
-
-def check_recipe_values(recipe: Recipe) -> None:
-    unknown = sorted(set(recipe.p0) - set(VALUE_NAMES))
-    if unknown:
-        raise ConvaError(f"recipe {recipe.name}: unknown values {', '.join(unknown)} in p0")
