@@ -1,4 +1,5 @@
-"""PNG plots: probe accuracy by layer and value-vector similarity heatmaps (matplotlib, Agg)."""
+"""PNG plots: probe accuracy by layer, similarity heatmaps, choice shifts, value profiles and
+leakage matrices (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,75 @@ def plot_strength_sweep(curves: dict[str, list[dict[str, float | str]]], out: Pa
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_shifts(methods: dict[str, dict[str, Any]], out: Path, title: str) -> Path:
+    """Per value and method, the choice shift against unsteered with its 95% interval."""
+    values = list(next(iter(methods.values()))["per_value"])
+    fig, ax = plt.subplots(figsize=(max(8, len(values) * 1.1), 4.8), dpi=110)
+    width = 0.8 / max(1, len(methods))
+    for i, (label, r) in enumerate(methods.items()):
+        cells = [r["per_value"][v] for v in values]
+        ys = np.array([c["shift"] for c in cells])
+        err = np.array([[c["shift"] - c["ci"][0] for c in cells],
+                        [c["ci"][1] - c["shift"] for c in cells]])
+        ax.bar(np.arange(len(values)) + i * width, ys, width, yerr=err, capsize=2,
+               label=f"{label} ({r['shift']:+.2f})")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2, values, rotation=30, ha="right")
+    ax.set_ylabel("shift against unsteered")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_profile_radar(profile: dict[str, float], ci: dict[str, list[float]], out: Path,
+                       title: str) -> Path:
+    """A circular chart of per-value shares in circumplex order, with the 95% band."""
+    names = list(profile)
+    angles = np.linspace(0, 2 * np.pi, len(names), endpoint=False)
+    closed = np.concatenate([angles, angles[:1]])
+
+    def ring(xs: list[float]) -> np.ndarray:
+        return np.concatenate([np.array(xs), np.array(xs[:1])])
+
+    fig = plt.figure(figsize=(6.4, 6.4), dpi=110)
+    ax = fig.add_subplot(projection="polar")
+    ax.fill_between(closed, ring([ci[n][0] for n in names]), ring([ci[n][1] for n in names]),
+                    alpha=0.2, color="tab:blue", label="95% interval")
+    ax.plot(closed, ring([profile[n] for n in names]), marker="o", color="tab:blue",
+            label="unsteered")
+    ax.plot(closed, np.full(closed.shape, 0.5), color="grey", ls="--", lw=0.8, label="0.5")
+    ax.set_xticks(angles, names, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, pad=18)
+    ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.15, -0.08))
+    return _save(fig, out)
+
+
+def plot_leakage(matrix: dict[str, Any], out: Path, title: str) -> Path:
+    """Rows: value steered; columns: value whose dilemmas moved; * = interval excludes 0."""
+    rows = list(matrix["rows"])
+    cols = list(next(iter(matrix["rows"].values()))["cells"])
+    m = np.array([[matrix["rows"][r]["cells"][c]["shift"] for c in cols] for r in rows])
+    lim = float(np.nanmax(np.abs(m))) or 1.0
+    fig, ax = plt.subplots(figsize=(8, 6.8), dpi=110)
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            cell = matrix["rows"][r]["cells"][c]
+            star = "*" if cell["ci"][0] > 0 or cell["ci"][1] < 0 else ""
+            ax.text(j, i, f"{cell['shift']:.1f}{star}", ha="center", va="center", fontsize=7,
+                    fontweight="bold" if r == c else "normal")
+    ax.set_xlabel("dilemmas scored")
+    ax.set_ylabel("value steered")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(f"{title} (selectivity {matrix['selectivity']}, target largest in "
+                 f"{matrix['target_largest_rows']}/{len(rows)})", fontsize=9)
     return _save(fig, out)
 
 

@@ -277,3 +277,58 @@ def test_cli_validate_json_lists_every_error(data: Path) -> None:
     assert {"where": "pairs/hedonism.jsonl:1", "message": "missing field(s) id"} in \
         report["errors"]
     assert len(report["stats"]) == 60
+
+
+# ------------------------------------------------------------------ choices
+
+CHOICE_RULES = (  # (value_action, competing_action, words in the error)
+    ("You should help.", "You should stay home tonight and rest.", "has 3 words"),
+    ("You should stay late tonight and help her finish the long quarterly report "
+     "for the team.", "You should go home.", "words (allowed"),
+    ("You should help her with the report tonight.",
+     "You should go home and relax with a long hot bath and dinner out.", "differ by more"),
+    ("You should show her kindness and help tonight.",
+     "You should keep your own evening plans.", "names a value (benevolence)"),
+    ("You should probably stay late and help her.",
+     "You should keep your evening free to rest.", "hedges"),
+    ("You should do the right thing and help her.",
+     "You should keep your evening free to rest.", "judges the choice"),
+    ("Stay late and help her finish the report.",
+     "You should keep your evening free to rest.", "open differently"),
+    ("You should help her finish the report.", "You should help her finish the report.",
+     "the same"),
+)
+
+
+@pytest.mark.parametrize("value_action,competing_action,message", CHOICE_RULES)
+def test_each_choice_rule_catches_a_bad_row(data: Path, value_action: str,
+                                            competing_action: str, message: str) -> None:
+    path = data / "choices" / "benevolence.jsonl"
+    edit(path, 2, lambda r: {**r, "value_action": value_action,
+                             "competing_action": competing_action})
+    assert has_error(errors(data), "choices/benevolence.jsonl:2", message), errors(data)
+
+
+def test_choices_must_cover_every_dilemma_once_and_name_real_ids(data: Path) -> None:
+    path = data / "choices" / "power.jsonl"
+    first = record(path, 1)
+    edit(path, 1, lambda r: None)  # dilemma power-d-001 loses its actions
+    errs = errors(data)
+    assert has_error(errs, "choices/power.jsonl", "no actions for 1 dilemma(s): power-d-001")
+    edit(path, 1, lambda r: {**r, "id": "power-d-999"})
+    assert has_error(errors(data), "choices/power.jsonl:1", "not a dilemma of power")
+    edit(path, 3, lambda r: {**first, "id": record(path, 2)["id"]})
+    assert has_error(errors(data), "choices/power.jsonl:3", "duplicate id")
+
+
+def test_an_action_repeated_across_dilemmas_is_an_error(data: Path) -> None:
+    path = data / "choices" / "tradition.jsonl"
+    edit(path, 5, lambda r: {**r, "value_action": record(path, 4)["value_action"],
+                             "competing_action": record(path, 4)["competing_action"]})
+    assert has_error(errors(data), "choices/tradition.jsonl:5", "repeats an action")
+
+
+def test_a_data_directory_without_choices_only_warns(data: Path) -> None:
+    shutil.rmtree(data / "choices")
+    report = validate_data(data)
+    assert report.ok and any(w.where == "choices" for w in report.warnings)

@@ -15,13 +15,13 @@ from conva_mlx.evaluation.judges import Judgement, Verdict
 from conva_mlx.evaluation.runner import (
     EvalContext,
     EvalOptions,
-    JsonlStore,
     load_items,
     mcq_answer,
     mcq_letter_ids,
     run_eval,
     steer_config,
 )
+from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.gate import dilemma_split

@@ -27,7 +27,8 @@ import numpy as np
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
-from conva_mlx.evaluation.runner import EvalContext, EvalOptions, JsonlStore, run_eval
+from conva_mlx.evaluation.runner import EvalContext, EvalOptions, run_eval
+from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.evaluation.strength import FR_SLACK, choose_fair
 from conva_mlx.fsutil import atomic_write_json, atomic_write_text
 from conva_mlx.models.loading import load_model

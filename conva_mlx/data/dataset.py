@@ -5,6 +5,7 @@ Layout of a data directory (the shipped one is `conva_mlx/data/`):
     pairs/<value>.jsonl           context-controlled pairs (100 per value, 4 blocks of 25)
     uncontrolled/<value>.jsonl    non-context-controlled pairs (ablation)
     dilemmas/<value>.jsonl        held-out test dilemmas (value-related gate positives)
+    choices/<value>.jsonl         each dilemma's two written actions (the choice instrument)
     gate/unrelated_queries.jsonl  value-unrelated queries (gate negatives)
     gate/beyond_dilemmas.jsonl    value-related non-dilemmas and value-neutral choices
     gate/mcq.jsonl                value-unrelated multiple-choice questions
@@ -44,6 +45,16 @@ class Dilemma:
     value: str
     prompt: str
     competing: str = ""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A dilemma's two written actions: the one its value prefers, the one its competing
+    value prefers (the choice instrument scores the model's preference between them)."""
+
+    id: str
+    value_action: str
+    competing_action: str
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,17 @@ class ValueData:
         return [_build(Dilemma, path, n, r, ("id", "value", "prompt"))
                 for n, r in read_jsonl(path)]
 
+    def choices(self, value: str) -> dict[str, Choice]:
+        """choices/<value>.jsonl by dilemma id."""
+        check_value(value)
+        path = self.root / "choices" / f"{value}.jsonl"
+        if not path.is_file():
+            raise ConvaError(f"{path}: no choice data for {value} (each dilemma's two written "
+                             "actions; `conva-mlx data generate --choices` writes them)")
+        rows = [_build(Choice, path, n, r, ("id", "value_action", "competing_action"))
+                for n, r in read_jsonl(path)]
+        return {c.id: c for c in rows}
+
     def all_dilemmas(self) -> list[Dilemma]:
         return [d for v in VALUE_NAMES for d in self.dilemmas(v)]
 
@@ -184,9 +206,10 @@ class ValueData:
                 for n, r in read_jsonl(path)]
 
     def files(self) -> list[Path]:
-        """The value-data files (judge/ holds labelled replies for judges, not value data)."""
+        """The files extraction reads (judge/ holds labelled replies for judges and choices/
+        the instrument's written actions: neither changes a pack)."""
         return sorted(p for p in self.root.rglob("*.jsonl")
-                      if p.relative_to(self.root).parts[0] != "judge")
+                      if p.relative_to(self.root).parts[0] not in ("judge", "choices"))
 
     def digest(self) -> str:
         """Hash of every data file, recorded in packs and eval results."""

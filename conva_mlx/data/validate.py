@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from conva_mlx.data.choice_rules import CHOICE_FIELDS, action_pair_problems
 from conva_mlx.data.dataset import BLOCKS, SHIPPED_DATA, parse_jsonl
 from conva_mlx.values import VALUE_NAMES
 
@@ -478,6 +479,52 @@ def _check_dilemmas(root: Path, report: ValidationReport) -> list[_Record]:
     return out
 
 
+def _check_choices(root: Path, dilemmas: Sequence[_Record], report: ValidationReport) -> None:
+    """choices/<value>.jsonl: one row per dilemma (by id), each pair of actions within the
+    rules of `choice_rules`, no action repeated. An older data directory without choices/
+    only gets a warning (the choice instrument needs it; extraction does not)."""
+    if not (root / "choices").is_dir():
+        report.warn("choices", "missing directory: `conva-mlx choices` cannot score this data "
+                               "(`data generate --choices` writes it)")
+        return
+    by_value: dict[str, dict[str, _Record]] = defaultdict(dict)
+    for d in dilemmas:
+        by_value[str(d.data["value"])][str(d.data["id"])] = d
+    total = 0
+    for value in _value_files(root, "choices", report):
+        rel = f"choices/{value}.jsonl"
+        expected = by_value.get(value, {})
+        covered: dict[str, str] = {}
+        actions: dict[tuple[str, ...], str] = {}
+        for rec in _read(root, rel, report) or []:
+            if not _has_fields(rec, CHOICE_FIELDS, report, CHOICE_FIELDS):
+                continue
+            rid = rec.text("id")
+            if rid in covered:
+                report.error(rec.where, f"duplicate id '{rid}' (first at {covered[rid]})")
+                continue
+            if rid not in expected:
+                report.error(rec.where, f"id '{rid}' is not a dilemma of {value}")
+                continue
+            covered[rid] = rec.where
+            for problem in action_pair_problems(rec.text("value_action"),
+                                                rec.text("competing_action")):
+                report.error(rec.where, f"{rid}: {problem}")
+            for name in ("value_action", "competing_action"):
+                key = tuple(words(rec.text(name)))
+                if key in actions:
+                    report.error(rec.where, f"{rid}: {name} repeats an action at "
+                                            f"{actions[key]}")
+                else:
+                    actions[key] = rec.where
+            total += 1
+        missing = [i for i in expected if i not in covered]
+        if missing:
+            report.error(rel, f"no actions for {len(missing)} dilemma(s): "
+                              + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    report.totals["choices"] = total
+
+
 def _check_leakage(dilemmas: Sequence[_Record], pairs: dict[str, list[_Record]],
                    report: ValidationReport) -> None:
     """A held-out dilemma must not repeat a training sentence (positives and negatives)."""
@@ -585,6 +632,7 @@ def validate_data(root: Path | str | None = None) -> ValidationReport:
     report.totals["pairs"] = sum(len(r) for r in pairs.values())
     _check_uncontrolled(root, report)
     dilemmas = _check_dilemmas(root, report)
+    _check_choices(root, dilemmas, report)
     _check_leakage(dilemmas, pairs, report)
     _check_queries(root, dilemmas, report)
     _check_mcq(root, report)

@@ -24,13 +24,8 @@ import numpy as np
 from conva_mlx.data.dataset import ValueData, read_jsonl
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judges import Judge
-from conva_mlx.fsutil import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    repair_jsonl_tail,
-    sha256_file,
-)
+from conva_mlx.evaluation.store import JsonlStore
+from conva_mlx.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.probes.recipe import Direction
@@ -134,34 +129,6 @@ def load_items(values: list[str], n: int | None = None, prompts_file: Path | Non
         chosen = [ds[i] for i in half][: n if n is not None else None]
         items += [EvalItem(v, d.id, d.prompt) for d in chosen]
     return items
-
-
-class JsonlStore:
-    """Append-only JSONL keyed records, resumable: a torn last line (killed run) is dropped."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: dict[str, dict[str, Any]] = {}
-        repair_jsonl_tail(path)
-        if path.is_file():
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(r, dict) and "key" in r:
-                        self.records[r["key"]] = r
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.records.get(key)
-
-    def append(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.path, record)
-        self.records[record["key"]] = record
 
 
 def gen_key(method: str, value: str, prompt_id: str, negative_prompt: bool) -> str:

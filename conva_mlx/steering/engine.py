@@ -8,6 +8,9 @@
 3. Each prefill trims the last prompt token from its cache; decoding feeds it again with
    the generation hooks. One row is handed to mlx-lm's `stream_generate` (any cache type,
    streaming); several rows decode together in mlx-lm's `BatchKVCache` (`decode_batch`).
+4. Scoring (`continuation_logprobs`) feeds written continuations instead of sampled
+   tokens: each prompt row is repeated once per continuation and all are fed at once under
+   the hooks decoding would add, so a score is what decoding those tokens would see.
 Decoding a small model on a CPU is memory-bound, so B rows cost little more than one.
 """
 
@@ -29,6 +32,7 @@ from conva_mlx.steering.hooks import (
     PromptModeMeasure,
     TokenStats,
     add_fixed,
+    add_rows,
     caa_deltas,
     caa_reports,
     layer_plans,
@@ -174,4 +178,56 @@ def decode_batch(model: Any, tokenizer: Any, batch: PromptBatch, cache: list[Any
                     out[i].append(t)
             if all(finished):
                 break
+    return out
+
+
+def _repeat_cache_rows(cache: list[Any], index: mx.array) -> bool:
+    """Repeat (or pick) batch rows of a filled cache in place; False for cache kinds that
+    cannot (recurrent or rotating caches: the caller prefills once per continuation)."""
+    if not all(type(c) in (KVCache, BatchKVCache) for c in cache):
+        return False
+    for c in cache:
+        if isinstance(c, BatchKVCache):
+            c.filter(index)
+        else:
+            c.keys, c.values = c.keys[index], c.values[index]
+    return True
+
+
+def continuation_logprobs(model: Any, batch: PromptBatch, pre: Prefilled,
+                          continuations: list[list[list[int]]]) -> list[list[float]]:
+    """Sum of log p(token) over each written continuation, as the start of each row's reply.
+
+    `continuations[i]` are row i's candidate token lists. The prefilled cache is repeated
+    once per continuation; each continuation is fed after the trimmed last prompt token with
+    the hooks decoding would add (fixed per-row deltas repeated with their row, or token
+    mode's per-position hooks), exactly as `decode_batch` would have fed those tokens."""
+    index_list = [i for i, conts in enumerate(continuations) for _ in conts]
+    flat = [c for conts in continuations for c in conts]
+    if any(not c for c in flat):
+        raise ValueError("a continuation has no tokens")
+    index = mx.array(index_list)
+    if not _repeat_cache_rows(pre.cache, index):
+        raise ValueError("this model's caches cannot be repeated per continuation")
+    hooks = ({k: add_rows(d[index]) for k, d in pre.deltas.items()} if pre.deltas
+             else pre.hooks)
+    width = max(len(c) for c in flat)
+    last = np.array(batch.tokens[:, -1]).tolist()
+    inputs = np.zeros((len(flat), width), dtype=np.int32)
+    targets = np.zeros((len(flat), width), dtype=np.int32)
+    mask = np.zeros((len(flat), width), dtype=np.float32)
+    for r, (i, c) in enumerate(zip(index_list, flat)):
+        inputs[r, :len(c)] = [last[i], *c[:-1]]
+        targets[r, :len(c)] = c
+        mask[r, :len(c)] = 1.0
+    with hooked_blocks(model, hooks):
+        logits = model(mx.array(inputs), cache=pre.cache).astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    picked = mx.take_along_axis(logp, mx.array(targets)[..., None], axis=-1)[..., 0]
+    sums = np.array((picked * mx.array(mask)).sum(axis=-1)).tolist()
+    out: list[list[float]] = []
+    pos = 0
+    for conts in continuations:
+        out.append([float(x) for x in sums[pos:pos + len(conts)]])
+        pos += len(conts)
     return out

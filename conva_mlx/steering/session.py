@@ -9,7 +9,7 @@ combined as the minimum-norm delta satisfying all of their constraints (perturba
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,12 +25,13 @@ from conva_mlx.steering.config import GenOptions, SteerConfig, Target, ica_prefi
 from conva_mlx.steering.engine import (
     Prefilled,
     PromptBatch,
+    continuation_logprobs,
     decode_batch,
     steer_prefill,
     supports_batching,
 )
 from conva_mlx.steering.hooks import check_probes, resolve_targets
-from conva_mlx.steering.reports import GateReport, GenerationResult
+from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
 
 Messages = list[dict[str, str]] | str
 
@@ -54,6 +55,15 @@ class StreamPiece:
     finish_reason: str | None  # "stop" (EOS), "length" (max tokens) or None
     gate: GateReport
     result: GenerationResult | None = None
+
+
+@dataclass
+class ScoredPrompt:
+    """Log-likelihoods of written continuations of one prompt, and the steering behind them."""
+
+    logliks: list[float]  # sum of log p over each continuation's tokens, in order
+    gate: GateReport
+    layers: list[LayerReport]  # per steered block (token mode: averaged over positions)
 
 
 class SteeringSession:
@@ -221,3 +231,41 @@ class SteeringSession:
             return [self.next_token_logits(p, cfg, reply_prefix) for p in prompts]
         _, pre = self.prefill([self.prepare(p, cfg, reply_prefix) for p in prompts], cfg)
         return [(pre.logits[i], g) for i, g in enumerate(pre.gates)]
+
+    def loglik(self, messages: Messages, continuation: str, cfg: SteerConfig) -> float:
+        """Log-likelihood of `continuation` as the start of the assistant's reply, under the
+        steering decisions `generate` takes (gate on the unsteered prompt; prompt mode's
+        delta measured on the prompt, then held; token mode per position; CAA; ICA)."""
+        return self.loglik_batch([(messages, [continuation])], cfg)[0].logliks[0]
+
+    def loglik_batch(self, requests: Sequence[tuple[Messages, Sequence[str]]],
+                     cfg: SteerConfig) -> list[ScoredPrompt]:
+        """`loglik` for several prompts, each with its own candidate continuations; the
+        prompts are prefilled once, as one batch, and every continuation is scored on top."""
+        if not requests:
+            return []
+        prepared = [self.prepare(msgs, cfg) for msgs, _ in requests]
+        conts = [[self._continuation_ids(c) for c in cs] for _, cs in requests]
+        if not self._batchable(len(requests), cfg):
+            return [self._score_one(p, c, cfg) for p, c in zip(prepared, conts)]
+        batch, pre = self.prefill(prepared, cfg)
+        logliks = continuation_logprobs(self.lm.model, batch, pre, conts)
+        return [ScoredPrompt(lls, g, rep) for lls, g, rep in zip(logliks, pre.gates, pre.reports)]
+
+    def _continuation_ids(self, text: str) -> list[int]:
+        if not text.strip():
+            raise ConvaError("a continuation to score is empty")
+        return list(self.lm.tokenizer.encode(text, add_special_tokens=False))
+
+    def _score_one(self, prepared: Prepared, conts: list[list[int]],
+                   cfg: SteerConfig) -> ScoredPrompt:
+        if supports_batching(self.lm.model):
+            batch, pre = self.prefill([prepared], cfg)
+            lls = continuation_logprobs(self.lm.model, batch, pre, [conts])[0]
+        else:  # caches that cannot be repeated: one prefill per continuation
+            lls = []
+            for c in conts:
+                batch, pre = self.prefill([prepared], cfg)
+                lls += continuation_logprobs(self.lm.model, batch, pre, [[c]])[0]
+        reports = pre.token_stats.reports() if pre.token_stats is not None else pre.reports[0]
+        return ScoredPrompt(lls, pre.gates[0], reports)

@@ -1,0 +1,206 @@
+"""The choice instrument: log-likelihoods under steering, letter choices, paired shifts."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conva_mlx.cli.main import cli
+from conva_mlx.errors import ConvaError
+from conva_mlx.evaluation.choices import (
+    ChoiceItem,
+    MethodSetting,
+    letter_prompt,
+    load_choice_items,
+    parse_settings,
+    score_letter,
+)
+from conva_mlx.evaluation.stats import paired_shift
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import Pack
+from conva_mlx.steering import SteerConfig, SteeringSession
+from conva_mlx.steering.reports import GateReport
+from conva_mlx.values import VALUE_NAMES
+
+DILEMMA = ("My coworker is overwhelmed and asked me to help her finish a report tonight, "
+           "but I planned to relax. What should I do?")
+HELP = "You should stay late and help her finish the report."
+RELAX = "You should keep your evening free and relax at home."
+
+
+def plain_loglik(lm: LoadedModel, question: str, continuation: str) -> float:
+    """Independent reference: one mlx-lm forward over prompt + continuation."""
+    prompt = lm.chat_prompt([{"role": "user", "content": question}])
+    p = list(lm.tokenizer.encode(prompt))
+    c = list(lm.tokenizer.encode(continuation, add_special_tokens=False))
+    logits = lm.model(mx.array([p + c]))[0].astype(mx.float32)
+    logp = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    return float(sum(logp[len(p) - 1 + i, t] for i, t in enumerate(c)))
+
+
+def test_loglik_with_none_equals_a_plain_mlx_lm_forward(default_lm: LoadedModel) -> None:
+    session = SteeringSession(default_lm)
+    for cont in (HELP, RELAX):
+        got = session.loglik(DILEMMA, cont, SteerConfig(method="none"))
+        assert got == pytest.approx(plain_loglik(default_lm, DILEMMA, cont), abs=2e-3)
+
+
+def test_loglik_batch_equals_one_at_a_time(default_lm: LoadedModel, small_pack: Pack) -> None:
+    session = SteeringSession(default_lm, small_pack)
+    requests = [(DILEMMA, [HELP, RELAX]), ("Should I report my friend for cheating?",
+                                           ["You should report him.", "You should not."])]
+    for cfg in (SteerConfig(method="none"), SteerConfig(["benevolence"], method="caa"),
+                SteerConfig(["benevolence:0.99"], gate=False)):
+        batched = [s.logliks for s in session.loglik_batch(requests, cfg)]
+        single = [[session.loglik(q, c, cfg) for c in cs] for q, cs in requests]
+        np.testing.assert_allclose(batched, single, atol=2e-3)
+
+
+def test_loglik_works_on_every_tiny_architecture(tiny_lm: LoadedModel) -> None:
+    session = SteeringSession(tiny_lm)
+    got = session.loglik("Hello there, how are you?", "Fine thanks", SteerConfig(method="none"))
+    assert got == pytest.approx(plain_loglik(tiny_lm, "Hello there, how are you?",
+                                             "Fine thanks"), abs=2e-3)
+
+
+def test_closed_gate_gives_exactly_the_unsteered_likelihood(default_lm: LoadedModel,
+                                                            small_pack: Pack) -> None:
+    pack = copy.deepcopy(small_pack)
+    assert pack.gate is not None
+    pack.gate.threshold = 1.1  # never opens
+    session = SteeringSession(default_lm, pack)
+    gated = session.loglik_batch([(DILEMMA, [HELP, RELAX])],
+                                 SteerConfig(["benevolence:0.999"]))[0]
+    assert gated.gate.used and not gated.gate.open and gated.layers == []
+    plain = session.loglik_batch([(DILEMMA, [HELP, RELAX])], SteerConfig(method="none"))[0]
+    assert gated.logliks == plain.logliks
+
+
+def test_steering_moves_the_likelihood_and_token_mode_scores(default_lm: LoadedModel,
+                                                           small_pack: Pack) -> None:
+    session = SteeringSession(default_lm, small_pack)
+
+    def lr(cfg: SteerConfig) -> float:
+        a, b = session.loglik_batch([(DILEMMA, [HELP, RELAX])], cfg)[0].logliks
+        return a - b
+
+    base = lr(SteerConfig(method="none"))
+    assert lr(SteerConfig(["benevolence"], method="caa", caa_coef=4.0)) != base
+    token = session.loglik_batch([(DILEMMA, [HELP])],
+                                 SteerConfig(["benevolence:0.99"], gate=False, mode="token"))[0]
+    assert token.layers and np.isfinite(token.logliks[0])
+
+
+class _LetterBiased:
+    """A stand-in session that always prefers the letter A, and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def next_token_logits_batch(self, prompts: list[str], cfg: SteerConfig,
+                                reply_prefix: str = "") -> list[tuple[mx.array, GateReport]]:
+        assert reply_prefix == "("
+        self.prompts += prompts
+        logits = mx.zeros((8,))
+        logits[1] = 3.0  # "A"
+        return [(logits, GateReport(None, True, None, False)) for _ in prompts]
+
+
+def test_letter_form_asks_both_orders_and_a_pure_letter_bias_scores_one_half() -> None:
+    item = ChoiceItem("x-d-002", "benevolence", "hedonism", "Help or relax?", HELP, RELAX)
+    fake = _LetterBiased()
+    rows = score_letter(fake, [item], SteerConfig(method="none"), (1, 2))  # type: ignore[arg-type]
+    assert fake.prompts == [letter_prompt(item, True), letter_prompt(item, False)]
+    assert "(A) " + HELP in fake.prompts[0] and "(B) " + HELP in fake.prompts[1]
+    assert rows[0]["score"] == pytest.approx(0.5)
+    assert rows[0]["p_a"] > 0.9  # the bias itself is reported
+
+
+def test_intervals_narrow_with_more_dilemmas() -> None:
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (10, 40, 160):
+        base = rng.normal(0, 1, n)
+        steered = base + 0.5 + rng.normal(0, 1, n)
+        s = paired_shift([steered], [base])
+        widths.append(s.hi - s.lo)
+        assert s.lo <= s.mean <= s.hi and s.n == n
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_paired_shift_of_identical_scores_is_zero_with_a_zero_interval() -> None:
+    s = paired_shift([[1.0, 2.0, 3.0]], [[1.0, 2.0, 3.0]])
+    assert (s.mean, s.lo, s.hi, s.moved) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_settings_parse_strengths_and_refuse_bad_ones() -> None:
+    got = parse_settings("none,caa,conva:0.99", strengths=None, caa_coef=2.0)
+    assert [s.label for s in got] == ["none", "caa x2", "conva P0 0.99"]
+    sweep = parse_settings("caa", strengths=[0.5, 1, 4])
+    assert [s.strength for s in sweep] == [0.5, 1, 4]
+    for bad in ("caa:-1", "conva:1.5", "ica:2", "bogus", "caa:x"):
+        with pytest.raises(ConvaError):
+            parse_settings(bad)
+    with pytest.raises(ConvaError):
+        parse_settings("conva", strengths=[2.0])  # a CAA coefficient is not a P0
+    assert MethodSetting("caa", 2.0).config("power").caa_coef == 2.0
+
+
+def test_every_shipped_dilemma_has_its_two_actions() -> None:
+    for split in ("test", "calibration"):
+        items = load_choice_items(list(VALUE_NAMES), split)  # type: ignore[arg-type]
+        assert len(items) == 300
+        assert all(it.value_action != it.competing_action for it in items)
+
+
+def test_choices_cli_prints_the_json_object_and_resumes(small_pack_dir: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "ch"
+    args = ["choices", "--pack", str(small_pack_dir), "--values", "benevolence,power",
+            "--methods", "none,caa", "--n", "3", "--out", str(out), "--json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    obj = json.loads(first.stdout.strip().splitlines()[-1])
+    assert obj["form"] == "likelihood" and obj["model"]
+    caa = obj["methods"]["caa"]
+    assert {"mean", "shift", "ci", "moved", "per_value"} <= set(caa)
+    assert set(caa["per_value"]) == {"benevolence", "power"}
+    assert obj["methods"]["none"]["shift"] == 0.0
+    assert (out / "results.md").is_file() and (out / "shifts.png").is_file()
+    assert (out / "profile.png").is_file()
+    lines = (out / "choices.jsonl").read_text().splitlines()
+    assert len(lines) == 6 + 6  # none on 6 dilemmas, caa on each value's 3
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert (out / "choices.jsonl").read_text().splitlines() == lines  # nothing rescored
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == obj
+
+
+def test_choices_leakage_scores_every_value_under_every_push(small_pack_dir: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "leak"
+    res = CliRunner().invoke(cli, ["choices", "--pack", str(small_pack_dir), "--values",
+                                   "benevolence,power", "--methods", "caa", "--n", "2",
+                                   "--leakage", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    leak = json.loads(res.stdout.strip().splitlines()[-1])["leakage"]["caa"]
+    assert set(leak["rows"]) == {"benevolence", "power"}
+    full = json.loads((out / "results.json").read_text())["leakage"]["caa"]["rows"]
+    assert set(full["power"]["cells"]) == {"benevolence", "power"}
+    assert (out / "leakage-caa.png").is_file()
+
+
+def test_choices_cli_refuses_bad_input(tmp_path: Path) -> None:
+    for args, msg in ((["--methods", "caa:0"], "coefficient"),
+                      (["--methods", "none", "--n", "0"], "--n"),
+                      (["--methods", "none", "--strengths", "a,b"], "numbers"),
+                      (["--methods", "none", "--values", "kindness"], "unknown value")):
+        res = CliRunner().invoke(cli, ["choices", "--out", str(tmp_path / "x"), *args])
+        assert res.exit_code != 0
+        assert msg in res.output and "Traceback" not in res.output
