@@ -550,11 +550,11 @@ def test_cli_generate_choices_incomplete_exits_1_and_says_rerun(
 @pytest.mark.parametrize(("args", "message"), [
     (["--choices"], "error: --choices needs --dilemmas FILE.jsonl"),
     (["--choices", "--dilemmas", "D", "--value", "power", "--n", "3"],
-     "error: --choices writes actions for the dilemmas in --dilemmas; --value, --n only apply "
-     "to pairs"),
+     "error: --choices writes actions for the dilemmas in --dilemmas; --value, --n are for "
+     "pairs only"),
     (["--choices", "--dilemmas", "D", "--batch-size", "2"],
-     "error: --choices writes actions for the dilemmas in --dilemmas; --batch-size only "
-     "apply to pairs"),
+     "error: --choices writes actions for the dilemmas in --dilemmas; --batch-size is for "
+     "pairs only"),
     (["--dilemmas", "D", "--value", "power", "--n", "3"],
      "error: --dilemmas goes with --choices"),
     (["--value", "power"], "error: pairs need --value and --n"),

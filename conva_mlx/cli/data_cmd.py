@@ -146,7 +146,8 @@ def data_generate(value: str | None, n: int | None, choices: bool, dilemmas: Pat
                                           ("--batch-size", batch_size)) if given is not None]
         if extra:
             raise ConvaError(f"--choices writes actions for the dilemmas in --dilemmas; "
-                             f"{', '.join(extra)} only apply to pairs")
+                             f"{', '.join(extra)} "
+                             f"{'are' if len(extra) > 1 else 'is'} for pairs only")
         if dilemmas is None:
             raise ConvaError("--choices needs --dilemmas FILE.jsonl (the dilemmas to write "
                              "actions for)")
