@@ -1,4 +1,5 @@
-"""`conva-mlx data`: validate a value-data directory, generate pairs through an LLM API."""
+"""`conva-mlx data`: validate a value-data directory, generate pairs or choice data through
+an LLM API."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conva_mlx.data.generate import (
     GenerateConfig,
     generate_pairs,
 )
+from conva_mlx.data.generate_choices import ChoicesConfig, generate_choices
 from conva_mlx.data.validate import (
     LENGTH_RATIO_MAX,
     LENGTH_RATIO_MIN,
@@ -113,9 +115,14 @@ def data_validate(path: Path, as_json: bool, limit: int) -> None:
 
 
 @data.command("generate")
-@click.option("--value", required=True, type=click.Choice(VALUE_NAMES), help="The value.")
-@click.option("--n", "n", required=True, type=click.IntRange(min=1),
+@click.option("--value", type=click.Choice(VALUE_NAMES), help="The value (pairs).")
+@click.option("--n", "n", type=click.IntRange(min=1),
               help="Pairs wanted in --out (pairs already there count).")
+@click.option("--choices", "choices", is_flag=True,
+              help="Write choice data (each dilemma's two actions) for --dilemmas instead "
+                   "of pairs.")
+@click.option("--dilemmas", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --choices: JSONL of dilemmas {id, value, competing, prompt}.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSONL file to append to; a rerun resumes where it stopped.")
 @click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
@@ -126,15 +133,40 @@ def data_validate(path: Path, as_json: bool, limit: int) -> None:
 @click.option("--max-retries", default=5, show_default=True, type=click.IntRange(min=0),
               help="Retries per request on rate limits, timeouts and server errors.")
 @click.option("--temperature", default=0.9, show_default=True, type=float)
-@click.option("--batch-size", default=5, show_default=True, type=click.IntRange(min=1),
-              help="Positives asked for per request.")
-def data_generate(value: str, n: int, out: Path, base_url: str, model: str, api_key_env: str,
-                  max_retries: int, temperature: float, batch_size: int) -> None:
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Positives asked for per request (pairs; default 5).")
+def data_generate(value: str | None, n: int | None, choices: bool, dilemmas: Path | None,
+                  out: Path, base_url: str, model: str, api_key_env: str, max_retries: int,
+                  temperature: float, batch_size: int | None) -> None:
     """Generate context-controlled pairs for one value through an LLM API (two stages:
-    positives, then a minimally changed negative for each)."""
+    positives, then a minimally changed negative for each), or with --choices the two
+    written actions for each dilemma of --dilemmas (choices/<value>.jsonl rows)."""
+    if choices:
+        extra = [name for name, given in (("--value", value), ("--n", n),
+                                          ("--batch-size", batch_size)) if given is not None]
+        if extra:
+            raise ConvaError(f"--choices writes actions for the dilemmas in --dilemmas; "
+                             f"{', '.join(extra)} "
+                             f"{'are' if len(extra) > 1 else 'is'} for pairs only")
+        if dilemmas is None:
+            raise ConvaError("--choices needs --dilemmas FILE.jsonl (the dilemmas to write "
+                             "actions for)")
+        result = generate_choices(ChoicesConfig(
+            dilemmas=dilemmas, out=out, base_url=base_url, model=model,
+            api_key_env=api_key_env, max_retries=max_retries, temperature=temperature))
+        click.echo(result.summary())
+        if not result.complete:
+            raise ConvaError(f"{out} has actions for {result.existing + result.written} of "
+                             f"{result.target} dilemmas; rerun to continue")
+        return
+    if dilemmas is not None:
+        raise ConvaError("--dilemmas goes with --choices")
+    if value is None or n is None:
+        raise ConvaError("pairs need --value and --n (or --choices --dilemmas FILE.jsonl for "
+                         "choice data)")
     config = GenerateConfig(value=value, n=n, out=out, base_url=base_url, model=model,
                             api_key_env=api_key_env, max_retries=max_retries,
-                            temperature=temperature, batch_size=batch_size)
+                            temperature=temperature, batch_size=batch_size or 5)
     report = generate_pairs(config)
     click.echo(report.summary())
     if not report.complete:

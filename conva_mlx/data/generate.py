@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conva_mlx.data.dataset import BLOCKS, parse_jsonl
 from conva_mlx.data.validate import NEAR_DUP_THRESHOLD, is_question_block, pair_problems, words
@@ -219,10 +219,29 @@ def _stage2_messages(value: str, block: str, positive: str) -> list[dict[str, st
 
 # ---------------------------------------------------------------- requests
 
-class _Chat:
-    """One chat request of the generator, counted in its report."""
+class ChatSettings(Protocol):
+    """What a generator's config gives its chat requests (GenerateConfig, ChoicesConfig)."""
 
-    def __init__(self, config: GenerateConfig, report: GenerateReport, sleep: Sleep,
+    base_url: str
+    model: str
+    max_retries: int
+    temperature: float
+    timeout: float
+    backoff: float
+    max_backoff: float
+
+
+class ChatCounts(Protocol):
+    """Where a generator's report counts its requests and retries."""
+
+    requests: int
+    retries: int
+
+
+class _Chat:
+    """One chat request of a generator, counted in its report."""
+
+    def __init__(self, config: ChatSettings, report: ChatCounts, sleep: Sleep,
                  api_key: str) -> None:
         self.config, self.report = config, report
         policy = RetryPolicy(config.max_retries, config.backoff, config.max_backoff)
