@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,31 @@ def _cannot_write(folder: Path, name: str, exc: OSError) -> ConvaError:
     return ConvaError(f"{folder}: cannot write {name} in this folder "
                       f"({_describe_os_error(exc)}); make it writable or choose another "
                       "location")
+
+
+_STANDARD = ((0, "stdin", os.O_RDONLY, "r"), (1, "stdout", os.O_WRONLY, "w"),
+             (2, "stderr", os.O_WRONLY, "w"))
+
+
+def ensure_standard_streams() -> None:
+    """Point a closed stdin, stdout or stderr (a shell's `<&-`) at the null device.
+
+    Otherwise the next file the process opens takes that number, and code that reads
+    descriptor 0 as "no file" fails on it (MLX's safetensors loader does). The null
+    device also stays open across the OpenBLAS re-exec."""
+    for fd, name, flags, mode in _STANDARD:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, flags)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)
+        if getattr(sys, name) is None:  # Python found it closed at start-up
+            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
 
 
 @contextmanager
