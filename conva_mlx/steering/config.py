@@ -113,6 +113,8 @@ class GenOptions:
             raise ConvaError(f"temperature must be >= 0, got {self.temp}")
         if not 0 < self.top_p <= 1:
             raise ConvaError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 1 << 64:  # MLX's seed range
+            raise ConvaError(f"seed must be in [0, 2^64), got {self.seed}")
 
 
 def ica_prefix(value: str, low: bool = False) -> str:
