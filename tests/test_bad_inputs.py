@@ -90,7 +90,11 @@ def _pack_json(path: list[str], value: object, command: str) -> Setup:
                 "generate-nogate": ["generate", "--pack", str(d), "--value", "benevolence",
                                     "--no-gate", "hi"],
                 "analyze": ["analyze", "--pack", str(d)],
-                "push": ["push", str(d), "me/pack", "--dry-run"]}[command]
+                "push": ["push", str(d), "me/pack", "--dry-run"],
+                "verify": ["pack", "verify", str(d)],
+                "export": ["export", "--pack", str(d), "--value", "benevolence", "--format",
+                           "gguf", "--scale", "1", "--out", str(env.root / "v.gguf")],
+                }[command]
     return setup
 
 
@@ -133,6 +137,13 @@ def _write(env: Env, name: str, data: bytes) -> Path:
     path = env.root / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    return path
+
+
+def _sparse(env: Env, name: str, size: int) -> Path:
+    path = env.root / name
+    with open(path, "wb") as f:
+        f.truncate(size)
     return path
 
 
@@ -198,6 +209,33 @@ CASES = [
           ("gate layer out of range", ["gate", "layer"], 30, "'layer' must be an integer in"),
           ("hidden_size a string", ["model", "hidden_size"], "576",
            "'hidden_size' must be an integer"),
+      )],
+    # --- values and recipes that steering cannot use: refused by verify and every loader --
+    *[Case(f"pack.json {label} in {cmd}", _pack_json(path, value, cmd), match)
+      for cmd in ("verify", "generate", "analyze", "export")
+      for label, path, value, match in (
+          ("layers empty", ["values", "benevolence", "layers"], [], "'layers' is empty"),
+          ("default_p0 0.3", ["values", "benevolence", "default_p0"], 0.3,
+           "'default_p0' must be in [0.5, 1), got 0.3"),
+          ("default_p0 1", ["values", "benevolence", "default_p0"], 1,
+           "'default_p0' must be in [0.5, 1), got 1"),
+          ("default_p0 0", ["values", "benevolence", "default_p0"], 0,
+           "'default_p0' must be in [0.5, 1), got 0"),
+          ("default_p0 true", ["values", "benevolence", "default_p0"], True,
+           "'default_p0' must be a finite number"),
+          ("layers a duplicate block", ["values", "benevolence", "layers"], [3, 3],
+           "lists a block twice"),
+          ("recipe default_p0 NaN", ["recipe", "default_p0"], float("nan"),
+           "default_p0 must be in [0.5, 1), got nan"),
+          ("recipe p0 of a value 2", ["recipe", "p0"], {"power": 2},
+           "p0 of power must be in [0.5, 1), got 2"),
+          ("recipe block reversed", ["recipe", "block"], [0.8, 0.3],
+           "must be two numbers with 0 <= start < end <= 1"),
+          ("recipe block a string", ["recipe", "block"], "middle",
+           "must be two numbers"),
+          ("recipe fit unknown", ["recipe", "fit"], "magic", "unknown fit 'magic'"),
+          ("recipe c negative", ["recipe", "c"], -1, "c must be a positive number"),
+          ("recipe p0 a list", ["recipe", "p0_negative"], [0.9], "p0_negative must map"),
       )],
     Case("pack.json layers out of range with --no-gate",
          _pack_json(["values", "benevolence", "layers"], [-1], "generate-nogate"),
@@ -269,6 +307,54 @@ CASES = [
          lambda e: ["export", "--pack", str(e.pack()), "--value", "benevolence", "--format",
                     "safetensors", "--out", str(_write(e, "model.safetensors", b"weights"))],
          "already exists; pass --force"),
+    *[Case(f"analyze --out {label} without --force",
+           lambda e, name=name: ["analyze", "--pack", str(e.pack()), "--out",
+                                 str(_write(e, name, b"mine"))],
+           "already exists; pass --force")
+      for label, name in (("an existing text file", "notes.txt"),
+                          ("an existing PNG", "plot.png"),
+                          ("a file in an existing folder", "out/similarity.png"))],
+    Case("analyze --out an existing folder that holds similarity.png",
+         lambda e: ["analyze", "--pack", str(e.pack()), "--out",
+                    str(_write(e, "figs/similarity.png", b"mine").parent)],
+         "similarity.png: already exists; pass --force"),
+    Case("analyze --out below a file",
+         lambda e: ["analyze", "--pack", str(e.pack()), "--out",
+                    str(_write(e, "notes.txt", b"mine") / "x.png")],
+         "cannot write here"),
+    *[Case(f"export --scale {scale} (into a new folder)",
+           lambda e, scale=scale: ["export", "--pack", str(e.pack()), "--value", "benevolence",
+                                   "--scale", scale, "--out", str(e.root / "new" / "dir")],
+           f"--scale must be a positive finite number, got {want}")
+      for scale, want in (("nan", "nan"), ("inf", "inf"), ("-1", "-1.0"), ("0", "0.0"))],
+    *[Case(f"export --p0 {p0}",
+           lambda e, p0=p0: ["export", "--pack", str(e.pack()), "--value", "benevolence",
+                             "--format", "gguf", "--scale", "1", "--p0", p0, "--out",
+                             str(e.root / "new" / "v.gguf")],
+           "--p0 must be in [0.5, 1)")
+      for p0 in ("0.3", "1", "nan")],
+    Case("export a value that steers only block 0",
+         lambda e: ["export", "--pack", str(e.edit_pack_json(
+             _set(["values", "benevolence", "layers"], [0]))), "--value", "benevolence",
+                    "--format", "gguf", "--scale", "1", "--out", str(e.root / "new" / "v.gguf")],
+         "no steered block to export (only block 0, which llama.cpp cannot take)"),
+    Case("generate --seed -1", _generate("--value", "benevolence", "--temp", "0.5", "--seed",
+                                         "-1", "hi"), "seed must be in [0, 2^64), got -1"),
+    Case("eval --prompts with a line cut off at column 12",
+         lambda e: ["eval", "--pack", str(e.pack()), "--out", str(e.root / "run"),
+                    "--prompts", str(_write(e, "p.jsonl",
+                                            b'{"value": "power", "prompt": "ok"}\n'
+                                            b'{"value": 1\n'))],
+         "p.jsonl:2: not valid JSON (Expecting ',' delimiter at column 12)"),
+    Case("eval --prompts with one 1 MB line",
+         lambda e: ["eval", "--pack", str(e.pack()), "--out", str(e.root / "run"),
+                    "--prompts", str(_write(e, "p.jsonl", b'{"value": "power", "prompt": "'
+                                            + b"x" * 1_000_000 + b'"}\n'))],
+         "p.jsonl:1: line is longer than 256 KiB"),
+    Case("eval --prompts that is a 100 MB file (sparse)",
+         lambda e: ["eval", "--pack", str(e.pack()), "--out", str(e.root / "run"),
+                    "--prompts", str(_sparse(e, "p.jsonl", 100 << 20))],
+         "p.jsonl: is 100.0 MiB; JSONL files are read up to 64.0 MiB"),
     Case("data generate against a server that is down",
          lambda e: ["data", "generate", "--value", "power", "--n", "2", "--out",
                     str(e.root / "gen" / "power.jsonl"), "--base-url",
@@ -278,12 +364,14 @@ CASES = [
 
 
 def _snapshot(root: Path) -> dict[str, str]:
+    """Every file (by content), link and folder under `root`: an empty folder left
+    behind by a failed command counts as a change too."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
+        for name in filenames + dirnames:
             p = Path(dirpath) / name
             rel = str(p.relative_to(root))
-            out[rel] = (f"link:{os.readlink(p)}" if p.is_symlink()
+            out[rel] = (f"link:{os.readlink(p)}" if p.is_symlink() else "folder" if p.is_dir()
                         else hashlib.sha256(p.read_bytes()).hexdigest())
     return out
 
