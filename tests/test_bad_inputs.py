@@ -505,3 +505,154 @@ def test_the_installed_command_refuses_raw_non_utf8_argv_bytes(small_pack_dir: P
     assert proc.stderr.strip().splitlines() == [
         "error: the prompt is not valid UTF-8 text (character 4); check your terminal's "
         "encoding"]
+
+
+# ----- round two: the process, read-only packs, readers, reports ----------------------------
+
+
+def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `folder` refuse new files: by its mode, and (root ignores modes) by refusing
+    temporary files there the way the kernel would."""
+    import tempfile
+
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+        if Path(str(kwargs.get("dir", ""))).resolve() == folder.resolve():
+            raise PermissionError(13, "Permission denied", str(folder / ".x.tmp"))
+        return real_mkstemp(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("command", ["analyze", "verify --record"])
+def test_a_read_only_pack_names_its_folder_and_what_to_do(
+        command: str, tmp_path: Path, env_sources: tuple[Path, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    env = Env(tmp_path, *env_sources)
+    if command == "analyze":
+        d = env.pack()
+        args, match = ["analyze", "--pack", str(d)], "pass --out FILE.png"
+    else:
+        d = env.edit_pack_json(lambda m: m.pop("pack_id", None))
+        args, match = ["pack", "verify", "--record", str(d)], "make it writable"
+    before = _snapshot(tmp_path)
+    _read_only(d, monkeypatch)
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        d.chmod(0o755)
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(d) in errors[0] and match in errors[0], result.stderr
+    assert ".tmp" not in result.output and "Traceback" not in result.output
+    assert _snapshot(tmp_path) == before
+
+
+def test_analyze_out_a_folder_writes_similarity_png_there_and_force_replaces(
+        tmp_path: Path) -> None:
+    from conva_mlx.packs.pack import save_pack
+    from tests.test_analysis import circumplex_pack
+
+    d = save_pack(circumplex_pack(), tmp_path / "p")
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["analyze", "--pack", str(d), "--out", str(figs)])
+    assert ok.exit_code == 0, ok.output
+    png = (figs / "similarity.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    mine = _write(Env(tmp_path, d, d), "mine.png", b"mine")
+    assert runner.invoke(cli, ["analyze", "--pack", str(d), "--out", str(mine)]).exit_code == 1
+    assert mine.read_bytes() == b"mine"
+    forced = runner.invoke(cli, ["analyze", "--pack", str(d), "--out", str(mine), "--force"])
+    assert forced.exit_code == 0 and mine.read_bytes().startswith(b"\x89PNG")
+    again = runner.invoke(cli, ["analyze", "--pack", str(d)])  # the pack's own plot
+    assert again.exit_code == 0 and (d / "similarity.png").is_file()
+
+
+def test_export_into_new_folders_creates_them_only_on_success(
+        tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
+    env = Env(tmp_path, *env_sources)
+    out = tmp_path / "a" / "b" / "benevolence.gguf"
+    result = CliRunner().invoke(cli, ["export", "--pack", str(env.pack()), "--value",
+                                      "benevolence", "--format", "gguf", "--scale", "2",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def test_data_validate_bounds_a_huge_line_and_reports_real_columns(tmp_path: Path) -> None:
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(SHIPPED_DATA, data, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    f = data / "pairs" / "power.jsonl"
+    lines = f.read_bytes().splitlines(keepends=True)
+    lines[0] = b'{"id": "' + b"x" * 50_000_000 + b'"}\n'  # one 50 MB line
+    lines[1] = b'{"id": 1\n'  # cut off at column 9
+    record = json.loads(lines[2])
+    record["positive"] = "power " * 1000  # a text far longer than a sentence
+    lines[2] = json.dumps(record).encode() + b"\n"
+    f.write_bytes(b"".join(lines))
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["data", "validate", str(data), "--limit", "0"])
+    assert time.perf_counter() - start < 30
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "pairs/power.jsonl:1: line is longer than 256 KiB" in result.stdout
+    assert "pairs/power.jsonl:2: not valid JSON (Expecting ',' delimiter at column 9)" \
+        in result.stdout
+    assert "pairs/power.jsonl:3: field(s) positive longer than 2000 characters" in result.stdout
+
+
+def test_bounded_lines_keeps_short_lines_and_marks_long_ones() -> None:
+    import io
+
+    from conva_mlx.data.dataset import bounded_lines
+
+    raw = b"ab\n" + b"x" * 25 + b"\ncd\n" + b"y" * 10 + b"\n" + b"z" * 11
+    assert list(bounded_lines(io.BytesIO(raw), limit=10)) == [
+        b"ab\n", None, b"cd\n", b"y" * 10 + b"\n", None]
+
+
+@pytest.mark.parametrize("closed", ["<&-", "<&- >&-", "<&- 2>&-"])
+def test_closed_standard_streams_do_not_break_generation(
+        closed: str, tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
+    """`conva-mlx generate ... <&-`: the real entry point with closed descriptors."""
+    import shlex
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "conva-mlx"
+    done = tmp_path / "rc"
+    cmd = (f"{shlex.quote(str(exe))} generate --pack {shlex.quote(str(env_sources[0]))} "
+           f"--value benevolence --no-gate --max-tokens 3 hello {closed}; echo $? > {done}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert done.read_text().strip() == "0", proc.stderr
+    assert "Traceback" not in proc.stderr and "error:" not in proc.stderr
+    if ">&-" not in closed:
+        assert proc.stdout.strip()
+
+
+def test_the_summary_averages_each_value_over_its_own_blocks(
+        tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
+    from conva_mlx.steering.config import Target
+    from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
+
+    reports = [LayerReport(3, {"power": 0.2}, {"power": 0.9}, 1.0),
+               LayerReport(5, {"power": 0.4, "benevolence": 0.5},
+                           {"power": 1.0, "benevolence": 0.95}, 2.0),
+               LayerReport(7, {"benevolence": 0.3}, {"benevolence": 0.97}, 1.0)]
+    result = GenerationResult("", [], GateReport(None, True, None, False), reports, "conva",
+                              "prompt", [Target("power"), Target("benevolence")])
+    assert result.summary().endswith("power↑ P 0.30→0.95, benevolence↑ P 0.40→0.96")
+    env = Env(tmp_path, *env_sources)
+    cli_run = CliRunner().invoke(cli, ["generate", "--pack", str(env.pack()), "--value",
+                                       "benevolence", "--value", "power", "--no-gate",
+                                       "--max-tokens", "2", "Should I help my friend?"])
+    assert cli_run.exit_code == 0, cli_run.output
+    summary = cli_run.stderr.strip().splitlines()[-1]
+    assert "benevolence↑ P" in summary and "power↑ P" in summary and "nan" not in summary
