@@ -99,11 +99,14 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             raise protocol.RequestError("the body must be a JSON object")
         return body
 
-    def prepare(build: Callable[[], Prepared]) -> Prepared:
+    def prepare(build: Callable[[], Prepared], text_param: str) -> Prepared:
+        """The session's own checks; their errors name the prompt's field or steering."""
         try:
             return build()
         except ConvaError as exc:
-            raise protocol.RequestError(str(exc)) from None
+            message = str(exc)
+            param = text_param if message.startswith("the prompt") else "steering"
+            raise protocol.RequestError(message, param=param) from None
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "active_requests": batcher.active})
@@ -223,7 +226,7 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             msgs = protocol.messages(body)
             samp = protocol.sampling(body, config.limits)
             cfg = protocol.steering(body, config.defaults)
-            prepared = prepare(lambda: session.prepare(msgs, cfg))
+            prepared = prepare(lambda: session.prepare(msgs, cfg), "messages")
         except protocol.RequestError as exc:
             return _error(exc)
         return await run(request, prepared, cfg, samp, "chat")
@@ -239,7 +242,7 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             samp = protocol.sampling(body, config.limits)
             cfg = protocol.steering(body, config.defaults)
             text = prompt
-            prepared = prepare(lambda: session.prepare(text, cfg, raw=True))
+            prepared = prepare(lambda: session.prepare(text, cfg, raw=True), "prompt")
         except protocol.RequestError as exc:
             return _error(exc)
         return await run(request, prepared, cfg, samp, "completion")
