@@ -328,16 +328,16 @@ def test_a_missing_or_wrong_key_is_refused(server: str, key: str | None) -> None
 def test_a_non_streaming_client_that_gives_up_frees_its_row(server: str) -> None:
     """The same long request twice: kept, it runs to max_tokens; abandoned after a second,
     its row is gone long before that."""
-    body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 300, "temperature": 0}
+    body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 500, "temperature": 0}
     start = time.time()
     status, data = _send(server, body, endpoint="completions")
     kept = time.time() - start
     assert status == 200 and json.loads(data)["choices"][0]["finish_reason"] == "length"
-    assert kept > 3, f"the control request took only {kept:.1f} s"
+    assert kept > 4, f"the control request took only {kept:.1f} s"
     conn, path = _connect(server)
     conn.request("POST", f"{path}/completions", body=json.dumps(body).encode(),
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    deadline = time.time() + kept / 2
+    deadline = time.time() + 30
     while not _get(server, "/health")["active_requests"] and time.time() < deadline:
         time.sleep(0.05)
     assert _get(server, "/health")["active_requests"] == 1, "the request never started"
@@ -347,7 +347,7 @@ def test_a_non_streaming_client_that_gives_up_frees_its_row(server: str) -> None
         time.sleep(0.05)
     freed = time.time() - left
     assert _get(server, "/health")["active_requests"] == 0
-    assert freed < min(2.0, kept / 2), f"freed after {freed:.1f} s (a whole reply: {kept:.1f} s)"
+    assert freed < kept / 3, f"freed after {freed:.1f} s (a whole reply: {kept:.1f} s)"
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server: str, client: Any) -> None:
