@@ -142,6 +142,7 @@ def _write(env: Env, name: str, data: bytes) -> Path:
 
 def _sparse(env: Env, name: str, size: int) -> Path:
     path = env.root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.truncate(size)
     return path
@@ -240,6 +241,13 @@ CASES = [
     Case("pack.json layers out of range with --no-gate",
          _pack_json(["values", "benevolence", "layers"], [-1], "generate-nogate"),
          "outside 0-29"),
+    Case("pack.json of 20 MB (sparse)",
+         lambda e: ["generate", "--pack", str(_sparse(e, "p/pack.json", 20 << 20).parent),
+                    "hi"], "a pack.json is at most"),
+    Case("pack.json nested 100000 deep",
+         lambda e: ["analyze", "--pack", str(_write(e, "p/pack.json",
+                                                    b"[" * 100000 + b"]" * 100000).parent)],
+         "nested too deeply"),
     Case("pack.json that is not JSON",
          lambda e: ["analyze", "--pack", str(_write(e, "p/pack.json", b"{\"a\": ").parent)],
          "not valid JSON (Expecting value at line 1, column 7)"),
@@ -355,6 +363,10 @@ CASES = [
          lambda e: ["eval", "--pack", str(e.pack()), "--out", str(e.root / "run"),
                     "--prompts", str(_sparse(e, "p.jsonl", 100 << 20))],
          "p.jsonl: is 100.0 MiB; JSONL files are read up to 64.0 MiB"),
+    Case("eval --out a folder of the user's that is not an evaluation run",
+         lambda e: ["eval", "--pack", str(e.pack()), "--values", "power", "--out",
+                    str(_non_empty_dir(e, "results.json", "notes.md"))],
+         "is not empty and does not hold a conva-mlx eval run"),
     Case("data generate against a server that is down",
          lambda e: ["data", "generate", "--value", "power", "--n", "2", "--out",
                     str(e.root / "gen" / "power.jsonl"), "--base-url",

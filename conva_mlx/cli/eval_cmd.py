@@ -17,6 +17,7 @@ from conva_mlx.evaluation.runner import (
     EVAL_METHODS,
     EvalContext,
     EvalOptions,
+    check_run_dir,
     parse_methods,
     print_table,
     prompt_file_values,
@@ -104,6 +105,7 @@ def eval_command(pack_spec: str | None, recipe_name: str | None, split: str, mod
         check_p0(p0, "--p0")
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
+    check_run_dir(out_dir)  # before loading anything
     if pack_spec is not None:
         pack_path = resolve_pack_path(pack_spec)
         pack = load_pack(pack_path)

@@ -31,6 +31,7 @@ PACK_JSON = "pack.json"
 VECTORS = "vectors.safetensors"
 README = "README.md"
 DEFAULT_P0 = 0.95
+MAX_PACK_JSON_BYTES = 16 << 20  # a real one is a few KiB (the tensors are elsewhere)
 
 
 @dataclass
@@ -212,6 +213,10 @@ def read_pack_json(root: Path) -> dict[str, Any]:
     meta_file = root / PACK_JSON
     if not meta_file.is_file():
         raise ConvaError(f"{root}: not a vector pack (no {PACK_JSON})")
+    size = meta_file.stat().st_size
+    if size > MAX_PACK_JSON_BYTES:
+        raise ConvaError(f"{meta_file}: is {size} bytes; a pack.json is at most "
+                         f"{MAX_PACK_JSON_BYTES} (is this the right file?)")
     try:
         meta = json.loads(meta_file.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -219,6 +224,8 @@ def read_pack_json(root: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConvaError(f"{meta_file}: not valid JSON ({exc.msg} at line {exc.lineno}, "
                          f"column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise ConvaError(f"{meta_file}: not valid JSON (nested too deeply)") from exc
     except OSError as exc:
         raise ConvaError(f"{meta_file}: cannot read ({exc.strerror})") from exc
     if not isinstance(meta, dict):
