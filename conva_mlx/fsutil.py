@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,21 +30,78 @@ def cache_dir() -> Path:
     return root
 
 
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above `path`; return them, outermost first."""
+    missing = [p for p in reversed(path.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConvaError(f"{path.parent}: cannot create this folder "
+                         f"({_describe_os_error(exc)}); choose another location") from exc
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove folders `make_parents` created, innermost first, if they are still empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _cannot_write(folder: Path, name: str, exc: OSError) -> ConvaError:
+    return ConvaError(f"{folder}: cannot write {name} in this folder "
+                      f"({_describe_os_error(exc)}); make it writable or choose another "
+                      "location")
+
+
+_STANDARD = ((0, "stdin", os.O_RDONLY, "r"), (1, "stdout", os.O_WRONLY, "w"),
+             (2, "stderr", os.O_WRONLY, "w"))
+
+
+def ensure_standard_streams() -> None:
+    """Point a closed stdin, stdout or stderr (a shell's `<&-`) at the null device.
+
+    Otherwise the next file the process opens takes that number, and code that reads
+    descriptor 0 as "no file" fails on it (MLX's safetensors loader does). The null
+    device also stays open across the OpenBLAS re-exec."""
+    for fd, name, flags, mode in _STANDARD:
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, flags)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)
+        if getattr(sys, name) is None:  # Python found it closed at start-up
+            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only on success."""
+    """Yield a temporary path beside `path`; rename it over `path` only on success.
+
+    On failure nothing is left behind: no temporary file, no folder made for `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    created = make_parents(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # name the folder, not the temporary file
+        remove_empty(created)
+        raise _cannot_write(target.parent, target.name, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual file mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+        created = []
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+        remove_empty(created)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -134,10 +193,13 @@ def _umask() -> int:
 
 
 def _check_writable(out: Path) -> None:
-    """Create (and remove) a probe file beside `out`: a bad --out fails before any work."""
+    """Create (and remove) a probe file in the nearest existing folder above `out`: a bad
+    --out fails before any work, and a check creates no folder (writing does)."""
+    folder = next(p for p in out.parents if p.exists() or p == p.parent)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "a file is in the way", str(folder))
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -205,13 +267,20 @@ def staged_output_dir(path: str | os.PathLike[str], kind: OutputKind,
     On any error nothing at `path` has changed and the staging directory is removed.
     """
     out = check_output_dir(path, kind, force)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    created = make_parents(out)
+    try:
+        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        remove_empty(created)
+        raise _cannot_write(out.parent, out.name, exc) from exc
     try:
         yield staged
         commit_output_dir(staged, out, kind)
+        created = []
     finally:
         if staged.exists():
             shutil.rmtree(staged)
+        remove_empty(created)
 
 
 def check_output_file(path: str | os.PathLike[str], force: bool = False) -> Path:

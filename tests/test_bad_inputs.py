@@ -90,7 +90,11 @@ def _pack_json(path: list[str], value: object, command: str) -> Setup:
                 "generate-nogate": ["generate", "--pack", str(d), "--value", "benevolence",
                                     "--no-gate", "hi"],
                 "analyze": ["analyze", "--pack", str(d)],
-                "push": ["push", str(d), "me/pack", "--dry-run"]}[command]
+                "push": ["push", str(d), "me/pack", "--dry-run"],
+                "verify": ["pack", "verify", str(d)],
+                "export": ["export", "--pack", str(d), "--value", "benevolence", "--format",
+                           "gguf", "--scale", "1", "--out", str(env.root / "v.gguf")],
+                }[command]
     return setup
 
 
@@ -133,6 +137,14 @@ def _write(env: Env, name: str, data: bytes) -> Path:
     path = env.root / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    return path
+
+
+def _sparse(env: Env, name: str, size: int) -> Path:
+    path = env.root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
     return path
 
 
@@ -199,9 +211,43 @@ CASES = [
           ("hidden_size a string", ["model", "hidden_size"], "576",
            "'hidden_size' must be an integer"),
       )],
+    # --- values and recipes that steering cannot use: refused by verify and every loader --
+    *[Case(f"pack.json {label} in {cmd}", _pack_json(path, value, cmd), match)
+      for cmd in ("verify", "generate", "analyze", "export")
+      for label, path, value, match in (
+          ("layers empty", ["values", "benevolence", "layers"], [], "'layers' is empty"),
+          ("default_p0 0.3", ["values", "benevolence", "default_p0"], 0.3,
+           "'default_p0' must be in [0.5, 1), got 0.3"),
+          ("default_p0 1", ["values", "benevolence", "default_p0"], 1,
+           "'default_p0' must be in [0.5, 1), got 1"),
+          ("default_p0 0", ["values", "benevolence", "default_p0"], 0,
+           "'default_p0' must be in [0.5, 1), got 0"),
+          ("default_p0 true", ["values", "benevolence", "default_p0"], True,
+           "'default_p0' must be a finite number"),
+          ("layers a duplicate block", ["values", "benevolence", "layers"], [3, 3],
+           "lists a block twice"),
+          ("recipe default_p0 NaN", ["recipe", "default_p0"], float("nan"),
+           "default_p0 must be in [0.5, 1), got nan"),
+          ("recipe p0 of a value 2", ["recipe", "p0"], {"power": 2},
+           "p0 of power must be in [0.5, 1), got 2"),
+          ("recipe block reversed", ["recipe", "block"], [0.8, 0.3],
+           "must be two numbers with 0 <= start < end <= 1"),
+          ("recipe block a string", ["recipe", "block"], "middle",
+           "must be two numbers"),
+          ("recipe fit unknown", ["recipe", "fit"], "magic", "unknown fit 'magic'"),
+          ("recipe c negative", ["recipe", "c"], -1, "c must be a positive number"),
+          ("recipe p0 a list", ["recipe", "p0_negative"], [0.9], "p0_negative must map"),
+      )],
     Case("pack.json layers out of range with --no-gate",
          _pack_json(["values", "benevolence", "layers"], [-1], "generate-nogate"),
          "outside 0-29"),
+    Case("pack.json of 20 MB (sparse)",
+         lambda e: ["generate", "--pack", str(_sparse(e, "p/pack.json", 20 << 20).parent),
+                    "hi"], "a pack.json is at most"),
+    Case("pack.json nested 100000 deep",
+         lambda e: ["analyze", "--pack", str(_write(e, "p/pack.json",
+                                                    b"[" * 100000 + b"]" * 100000).parent)],
+         "nested too deeply"),
     Case("pack.json that is not JSON",
          lambda e: ["analyze", "--pack", str(_write(e, "p/pack.json", b"{\"a\": ").parent)],
          "not valid JSON (Expecting value at line 1, column 7)"),
@@ -269,6 +315,58 @@ CASES = [
          lambda e: ["export", "--pack", str(e.pack()), "--value", "benevolence", "--format",
                     "safetensors", "--out", str(_write(e, "model.safetensors", b"weights"))],
          "already exists; pass --force"),
+    *[Case(f"analyze --out {label} without --force",
+           lambda e, name=name: ["analyze", "--pack", str(e.pack()), "--out",
+                                 str(_write(e, name, b"mine"))],
+           "already exists; pass --force")
+      for label, name in (("an existing text file", "notes.txt"),
+                          ("an existing PNG", "plot.png"),
+                          ("a file in an existing folder", "out/similarity.png"))],
+    Case("analyze --out an existing folder that holds similarity.png",
+         lambda e: ["analyze", "--pack", str(e.pack()), "--out",
+                    str(_write(e, "figs/similarity.png", b"mine").parent)],
+         "similarity.png: already exists; pass --force"),
+    Case("analyze --out below a file",
+         lambda e: ["analyze", "--pack", str(e.pack()), "--out",
+                    str(_write(e, "notes.txt", b"mine") / "x.png")],
+         "cannot write here"),
+    *[Case(f"export --scale {scale} (into a new folder)",
+           lambda e, scale=scale: ["export", "--pack", str(e.pack()), "--value", "benevolence",
+                                   "--scale", scale, "--out", str(e.root / "new" / "dir")],
+           f"--scale must be a positive finite number, got {want}")
+      for scale, want in (("nan", "nan"), ("inf", "inf"), ("-1", "-1.0"), ("0", "0.0"))],
+    *[Case(f"export --p0 {p0}",
+           lambda e, p0=p0: ["export", "--pack", str(e.pack()), "--value", "benevolence",
+                             "--format", "gguf", "--scale", "1", "--p0", p0, "--out",
+                             str(e.root / "new" / "v.gguf")],
+           "--p0 must be in [0.5, 1)")
+      for p0 in ("0.3", "1", "nan")],
+    Case("export a value that steers only block 0",
+         lambda e: ["export", "--pack", str(e.edit_pack_json(
+             _set(["values", "benevolence", "layers"], [0]))), "--value", "benevolence",
+                    "--format", "gguf", "--scale", "1", "--out", str(e.root / "new" / "v.gguf")],
+         "no steered block to export (only block 0, which llama.cpp cannot take)"),
+    Case("generate --seed -1", _generate("--value", "benevolence", "--temp", "0.5", "--seed",
+                                         "-1", "hi"), "seed must be in [0, 2^64), got -1"),
+    Case("eval --prompts with a line cut off at column 12",
+         lambda e: ["eval", "--pack", str(e.pack()), "--out", str(e.root / "run"),
+                    "--prompts", str(_write(e, "p.jsonl",
+                                            b'{"value": "power", "prompt": "ok"}\n'
+                                            b'{"value": 1\n'))],
+         "p.jsonl:2: not valid JSON (Expecting ',' delimiter at column 12)"),
+    Case("eval --prompts with one 1 MB line",
+         lambda e: ["eval", "--pack", str(e.pack()), "--out", str(e.root / "run"),
+                    "--prompts", str(_write(e, "p.jsonl", b'{"value": "power", "prompt": "'
+                                            + b"x" * 1_000_000 + b'"}\n'))],
+         "p.jsonl:1: line is longer than 256 KiB"),
+    Case("eval --prompts that is a 100 MB file (sparse)",
+         lambda e: ["eval", "--pack", str(e.pack()), "--out", str(e.root / "run"),
+                    "--prompts", str(_sparse(e, "p.jsonl", 100 << 20))],
+         "p.jsonl: is 100.0 MiB; JSONL files are read up to 64.0 MiB"),
+    Case("eval --out a folder of the user's that is not an evaluation run",
+         lambda e: ["eval", "--pack", str(e.pack()), "--values", "power", "--out",
+                    str(_non_empty_dir(e, "results.json", "notes.md"))],
+         "is not empty and does not hold a conva-mlx eval run"),
     Case("data generate against a server that is down",
          lambda e: ["data", "generate", "--value", "power", "--n", "2", "--out",
                     str(e.root / "gen" / "power.jsonl"), "--base-url",
@@ -278,12 +376,14 @@ CASES = [
 
 
 def _snapshot(root: Path) -> dict[str, str]:
+    """Every file (by content), link and folder under `root`: an empty folder left
+    behind by a failed command counts as a change too."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
+        for name in filenames + dirnames:
             p = Path(dirpath) / name
             rel = str(p.relative_to(root))
-            out[rel] = (f"link:{os.readlink(p)}" if p.is_symlink()
+            out[rel] = (f"link:{os.readlink(p)}" if p.is_symlink() else "folder" if p.is_dir()
                         else hashlib.sha256(p.read_bytes()).hexdigest())
     return out
 
@@ -417,3 +517,154 @@ def test_the_installed_command_refuses_raw_non_utf8_argv_bytes(small_pack_dir: P
     assert proc.stderr.strip().splitlines() == [
         "error: the prompt is not valid UTF-8 text (character 4); check your terminal's "
         "encoding"]
+
+
+# ----- round two: the process, read-only packs, readers, reports ----------------------------
+
+
+def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `folder` refuse new files: by its mode, and (root ignores modes) by refusing
+    temporary files there the way the kernel would."""
+    import tempfile
+
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+        if Path(str(kwargs.get("dir", ""))).resolve() == folder.resolve():
+            raise PermissionError(13, "Permission denied", str(folder / ".x.tmp"))
+        return real_mkstemp(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("command", ["analyze", "verify --record"])
+def test_a_read_only_pack_names_its_folder_and_what_to_do(
+        command: str, tmp_path: Path, env_sources: tuple[Path, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    env = Env(tmp_path, *env_sources)
+    if command == "analyze":
+        d = env.pack()
+        args, match = ["analyze", "--pack", str(d)], "pass --out FILE.png"
+    else:
+        d = env.edit_pack_json(lambda m: m.pop("pack_id", None))
+        args, match = ["pack", "verify", "--record", str(d)], "make it writable"
+    before = _snapshot(tmp_path)
+    _read_only(d, monkeypatch)
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        d.chmod(0o755)
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(d) in errors[0] and match in errors[0], result.stderr
+    assert ".tmp" not in result.output and "Traceback" not in result.output
+    assert _snapshot(tmp_path) == before
+
+
+def test_analyze_out_a_folder_writes_similarity_png_there_and_force_replaces(
+        tmp_path: Path) -> None:
+    from conva_mlx.packs.pack import save_pack
+    from tests.test_analysis import circumplex_pack
+
+    d = save_pack(circumplex_pack(), tmp_path / "p")
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["analyze", "--pack", str(d), "--out", str(figs)])
+    assert ok.exit_code == 0, ok.output
+    png = (figs / "similarity.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    mine = _write(Env(tmp_path, d, d), "mine.png", b"mine")
+    assert runner.invoke(cli, ["analyze", "--pack", str(d), "--out", str(mine)]).exit_code == 1
+    assert mine.read_bytes() == b"mine"
+    forced = runner.invoke(cli, ["analyze", "--pack", str(d), "--out", str(mine), "--force"])
+    assert forced.exit_code == 0 and mine.read_bytes().startswith(b"\x89PNG")
+    again = runner.invoke(cli, ["analyze", "--pack", str(d)])  # the pack's own plot
+    assert again.exit_code == 0 and (d / "similarity.png").is_file()
+
+
+def test_export_into_new_folders_creates_them_only_on_success(
+        tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
+    env = Env(tmp_path, *env_sources)
+    out = tmp_path / "a" / "b" / "benevolence.gguf"
+    result = CliRunner().invoke(cli, ["export", "--pack", str(env.pack()), "--value",
+                                      "benevolence", "--format", "gguf", "--scale", "2",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def test_data_validate_bounds_a_huge_line_and_reports_real_columns(tmp_path: Path) -> None:
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(SHIPPED_DATA, data, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    f = data / "pairs" / "power.jsonl"
+    lines = f.read_bytes().splitlines(keepends=True)
+    lines[0] = b'{"id": "' + b"x" * 50_000_000 + b'"}\n'  # one 50 MB line
+    lines[1] = b'{"id": 1\n'  # cut off at column 9
+    record = json.loads(lines[2])
+    record["positive"] = "power " * 1000  # a text far longer than a sentence
+    lines[2] = json.dumps(record).encode() + b"\n"
+    f.write_bytes(b"".join(lines))
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["data", "validate", str(data), "--limit", "0"])
+    assert time.perf_counter() - start < 30
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "pairs/power.jsonl:1: line is longer than 256 KiB" in result.stdout
+    assert "pairs/power.jsonl:2: not valid JSON (Expecting ',' delimiter at column 9)" \
+        in result.stdout
+    assert "pairs/power.jsonl:3: field(s) positive longer than 2000 characters" in result.stdout
+
+
+def test_bounded_lines_keeps_short_lines_and_marks_long_ones() -> None:
+    import io
+
+    from conva_mlx.data.dataset import bounded_lines
+
+    raw = b"ab\n" + b"x" * 25 + b"\ncd\n" + b"y" * 10 + b"\n" + b"z" * 11
+    assert list(bounded_lines(io.BytesIO(raw), limit=10)) == [
+        b"ab\n", None, b"cd\n", b"y" * 10 + b"\n", None]
+
+
+@pytest.mark.parametrize("closed", ["<&-", "<&- >&-", "<&- 2>&-"])
+def test_closed_standard_streams_do_not_break_generation(
+        closed: str, tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
+    """`conva-mlx generate ... <&-`: the real entry point with closed descriptors."""
+    import shlex
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "conva-mlx"
+    done = tmp_path / "rc"
+    cmd = (f"{shlex.quote(str(exe))} generate --pack {shlex.quote(str(env_sources[0]))} "
+           f"--value benevolence --no-gate --max-tokens 3 hello {closed}; echo $? > {done}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert done.read_text().strip() == "0", proc.stderr
+    assert "Traceback" not in proc.stderr and "error:" not in proc.stderr
+    if ">&-" not in closed:
+        assert proc.stdout.strip()
+
+
+def test_the_summary_averages_each_value_over_its_own_blocks(
+        tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
+    from conva_mlx.steering.config import Target
+    from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
+
+    reports = [LayerReport(3, {"power": 0.2}, {"power": 0.9}, 1.0),
+               LayerReport(5, {"power": 0.4, "benevolence": 0.5},
+                           {"power": 1.0, "benevolence": 0.95}, 2.0),
+               LayerReport(7, {"benevolence": 0.3}, {"benevolence": 0.97}, 1.0)]
+    result = GenerationResult("", [], GateReport(None, True, None, False), reports, "conva",
+                              "prompt", [Target("power"), Target("benevolence")])
+    assert result.summary().endswith("power↑ P 0.30→0.95, benevolence↑ P 0.40→0.96")
+    env = Env(tmp_path, *env_sources)
+    cli_run = CliRunner().invoke(cli, ["generate", "--pack", str(env.pack()), "--value",
+                                       "benevolence", "--value", "power", "--no-gate",
+                                       "--max-tokens", "2", "Should I help my friend?"])
+    assert cli_run.exit_code == 0, cli_run.output
+    summary = cli_run.stderr.strip().splitlines()[-1]
+    assert "benevolence↑ P" in summary and "power↑ P" in summary and "nan" not in summary

@@ -62,7 +62,7 @@ def _replace(obj: Any, path: tuple[Any, ...], value: Any, delete: bool) -> Any:
     for k in path[:-1]:
         parent = parent[k]
     if delete and isinstance(parent, dict):
-        del parent[path[-1]]
+        parent.pop(path[-1], None)
     else:
         parent[path[-1]] = value
     return obj
@@ -181,3 +181,82 @@ def test_the_unmutated_files_load(saved_pack: Path, gguf_files: dict[str, bytes]
     assert sorted(read_control_vector(tmp_path / "cv.gguf").directions) == [1, 2, 3]
     (tmp_path / "m.gguf").write_bytes(gguf_files["model"])
     assert read_gguf_header(tmp_path / "m.gguf").architecture == "llama"
+
+
+# ----- pack fields at their edges: what loads, steering can use -----------------------------
+
+EDGES = [None, True, False, 0, -1, 1, 2, 0.5, 0.4999, 0.9999, 1.0, -0.0, 1e300,
+         float("nan"), float("inf"), "", "0.9", "probe", [], [0], [1], [-1], [0, 0], [99],
+         [1.5], [0.3, 0.8], ["a"], {}, {"power": 0.9}, {"power": 0.3}, {"power": "x"}]
+FIELDS = [("values", "benevolence", "layers"), ("values", "benevolence", "default_p0"),
+          ("values", "power", "layers"), ("values", "power", "default_p0"),
+          ("values", "power", "fixed_scale"), ("values", "benevolence", "has_uncontrolled"),
+          ("recipe", "default_p0"), ("recipe", "p0"), ("recipe", "p0_negative"),
+          ("recipe", "block"), ("recipe", "c"), ("recipe", "fit"), ("recipe", "direction"),
+          ("recipe", "layers"), ("recipe", "chat_template"), ("recipe", "name"),
+          ("gate", "layer"), ("gate", "threshold"), ("gate", "bias"),
+          ("model", "num_layers"), ("model", "hidden_size")]
+edge_values = st.sampled_from(EDGES) | st.lists(st.sampled_from(EDGES), max_size=3)
+
+
+def _steering_can_use(pack: Any) -> None:
+    """Everything generation reads from a pack, without a model: the checks, each value's
+    P0 and plans at every block it steers, a finite minimal delta, the summary."""
+    import mlx.core as mx
+
+    from conva_mlx.probes.perturbation import minimal_delta
+    from conva_mlx.probes.recipe import check_p0
+    from conva_mlx.steering.config import SteerConfig, Target
+    from conva_mlx.steering.hooks import caa_deltas, layer_plans, resolve_targets
+
+    pack.check()
+    for name, entry in pack.values.items():
+        check_p0(pack.recipe.p0_for(name))
+        check_p0(pack.recipe.p0_for(name, negative_prompt=True))
+        targets = resolve_targets(pack, [Target(name)])
+        assert caa_deltas(pack, SteerConfig(targets, method="caa"), targets)
+        if entry.fixed_scale is not None:
+            continue
+        plans = layer_plans(pack, SteerConfig(targets), targets)
+        assert plans and [p.index for p in plans] == sorted(entry.layers)
+        for plan in plans:
+            delta = minimal_delta(mx.zeros((1, pack.model.hidden_size)), plan.cons)
+            assert bool(mx.isfinite(delta).all())
+
+
+@FUZZ
+@given(field=st.sampled_from(FIELDS), value=edge_values, delete=st.booleans())
+def test_a_pack_that_loads_is_one_steering_can_use(saved_pack: Path, field: tuple[str, ...],
+                                                  value: Any, delete: bool) -> None:
+    meta = json.loads((saved_pack / "pack.json").read_text())
+    mutated = _replace(meta, field, value, delete)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "p"
+        shutil.copytree(saved_pack, folder)
+        (folder / "pack.json").write_text(json.dumps(mutated))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                pack = load_pack(folder)
+            except ConvaError:
+                return
+        _steering_can_use(pack)
+
+
+def test_the_edge_table_reaches_both_outcomes(saved_pack: Path) -> None:
+    """The edges are edges: some mutations load (and steer), some are refused."""
+    loaded = refused = 0
+    for field in FIELDS[:2]:
+        for value in EDGES:
+            meta = _replace(json.loads((saved_pack / "pack.json").read_text()), field, value,
+                            False)
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp) / "p"
+                shutil.copytree(saved_pack, folder)
+                (folder / "pack.json").write_text(json.dumps(meta))
+                try:
+                    _steering_can_use(load_pack(folder))
+                    loaded += 1
+                except ConvaError:
+                    refused += 1
+    assert loaded >= 4 and refused >= 20

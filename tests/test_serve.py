@@ -151,18 +151,24 @@ def _connect(server: str) -> tuple[http.client.HTTPConnection, str]:
     return http.client.HTTPConnection(url.hostname or "", url.port, timeout=120), url.path
 
 
-def _post(server: str, body: Any, key: str | None = KEY, raw: bytes | None = None
-          ) -> tuple[int, dict[str, Any]]:
+def _send(server: str, body: Any, key: str | None = KEY, raw: bytes | None = None,
+          endpoint: str = "chat/completions") -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     data = raw if raw is not None else json.dumps(body).encode()
     conn, path = _connect(server)
-    conn.request("POST", f"{path}/chat/completions", body=data, headers=headers)
+    conn.request("POST", f"{path}/{endpoint}", body=data, headers=headers)
     resp = conn.getresponse()
-    out = resp.status, json.loads(resp.read())
+    out = resp.status, resp.read()
     conn.close()
     return out
+
+
+def _post(server: str, body: Any, key: str | None = KEY, raw: bytes | None = None,
+          endpoint: str = "chat/completions") -> tuple[int, dict[str, Any]]:
+    status, data = _send(server, body, key, raw, endpoint)
+    return status, json.loads(data)
 
 
 def _get(server: str, path: str, key: str | None = KEY) -> dict[str, Any]:
@@ -193,6 +199,43 @@ BAD = [
     ("max_tokens over the cap", _msg(max_tokens=100000), None, "at most 512", 400),
     ("prompt over the context", {"messages": [{"role": "user", "content": "word " * 9000}]},
      None, "longer than the model's context", 400),
+    # --- types at every level, fields this server does not implement -------------------
+    ("a list inside steering.values", _msg(steering={"values": [["a"]]}), None,
+     "'steering.values' as a list must hold value names", 400),
+    ("an object inside steering.values", _msg(steering={"values": [{"a": 1}]}), None,
+     "'steering.values' as a list must hold value names", 400),
+    ("a number inside steering.away", _msg(steering={"away": [1]}), None,
+     "'steering.away' as a list must hold value names", 400),
+    ("a string P0", _msg(steering={"values": {"benevolence": "high"}}), None,
+     "P0 for 'benevolence' must be a number", 400),
+    ("a NaN P0", None, json.dumps(_msg(steering={"values": {"benevolence": float("nan")}}))
+     .encode(), "P0 must be in [0.5, 1), got nan", 400),
+    ("steering.method a list", _msg(steering={"method": ["conva"]}), None,
+     "'steering.method' must be a string", 400),
+    ("steering.mode an object", _msg(steering={"mode": {}}), None,
+     "'steering.mode' must be a string", 400),
+    ("n 2", _msg(n=2), None, "'n' must be 1", 400),
+    ("n '1'", _msg(n="1"), None, "'n' must be 1", 400),
+    ("n true", _msg(n=True), None, "'n' must be 1", 400),
+    ("logprobs true", _msg(logprobs=True), None, "'logprobs' must be false", 400),
+    ("top_logprobs 3", _msg(top_logprobs=3), None, "'top_logprobs' must be 0", 400),
+    ("presence_penalty 0.5", _msg(presence_penalty=0.5), None, "'presence_penalty' must be 0",
+     400),
+    ("tools", _msg(tools=[{"type": "function"}]), None, "'tools' must be absent", 400),
+    ("stream 'yes'", _msg(stream="yes"), None, "'stream' must be true or false", 400),
+    ("include_usage 1", _msg(stream=True, stream_options={"include_usage": 1}), None,
+     "'stream_options.include_usage' must be true or false", 400),
+    ("a content part whose text is a number",
+     _msg(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), None,
+     "messages[0].content[0].text must be a string", 400),
+    ("an image content part", _msg(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]), None,
+     "messages[0].content[0] must be a text part", 400),
+    ("seed beyond 64 bits", _msg(seed=2**70), None, "'seed' must be between", 400),
+    ("model a number", _msg(model=5), None, "'model' must be a string", 400),
+    ("stop false", _msg(stop=False), None, "'stop' must be a string", 400),
+    ("a body nested 100000 deep", None, b"[" * 100000 + b"]" * 100000,
+     "nested too deeply", 400),
 ]
 
 
@@ -207,11 +250,104 @@ def test_bad_requests_are_clear_errors_and_the_server_keeps_serving(
     assert _get(server, "/health")["status"] == "ok"
 
 
+JSON_VALUES: list[Any] = [None, True, False, 0, 1, -1, 2.5, 1e308, 2**70, "", "x",
+                          "benevolence", [], ["x"], [1], [["a"]], [{"a": 1}], {}, {"a": 1},
+                          {"benevolence": 0.9}]
+CHAT_BASE = {"model": "default", "messages": [{"role": "user", "content": OTHER}],
+             "max_tokens": 1, "steering": {"method": "none"}}
+COMPLETION_BASE = {"model": "default", "prompt": "The capital of France is", "max_tokens": 1}
+TOP_FIELDS = ["model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
+              "stop", "stream", "stream_options", "n", "best_of", "logprobs", "top_logprobs",
+              "echo", "suffix", "presence_penalty", "frequency_penalty", "logit_bias",
+              "tools", "steering"]
+CHAT_FIELDS = [*TOP_FIELDS, "messages", "messages.0.role", "messages.0.content",
+               "steering.values", "steering.away", "steering.method", "steering.mode",
+               "steering.gate", "stream_options.include_usage"]
+
+
+def _with(base: dict[str, Any], field: str, value: Any) -> dict[str, Any]:
+    body = json.loads(json.dumps(base))
+    *parents, last = field.split(".")
+    node: Any = body
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    node[int(last) if isinstance(node, list) else last] = value
+    return body
+
+
+@pytest.mark.parametrize(("endpoint", "base", "fields"), [
+    ("chat/completions", CHAT_BASE, CHAT_FIELDS),
+    ("completions", COMPLETION_BASE, [*TOP_FIELDS, "prompt"])], ids=["chat", "completions"])
+def test_every_json_type_at_every_field_is_a_reply_or_a_400_naming_the_field(
+        server: str, endpoint: str, base: dict[str, Any], fields: list[str]) -> None:
+    outcomes: dict[int, int] = {}
+    for field in fields:
+        for value in JSON_VALUES:
+            status, data = _send(server, _with(base, field, value), endpoint=endpoint)
+            outcomes[status] = outcomes.get(status, 0) + 1
+            where = f"{endpoint} {field}={json.dumps(value)}"
+            assert status in (200, 400), f"{where}: {status} {data[:300]!r}"
+            if status == 400:
+                err = json.loads(data)["error"]
+                assert err["type"] == "invalid_request_error", where
+                assert (err["param"] or "").split(".")[0] == field.split(".")[0], \
+                    f"{where}: {err}"
+    assert outcomes[200] > 50 and outcomes[400] > 200, outcomes
+    assert _get(server, "/health") == {"status": "ok", "active_requests": 0}
+
+
+def test_n_and_logprobs_from_the_openai_client(client: Any) -> None:
+    import openai
+
+    ok = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": OTHER}], max_tokens=2, n=1,
+        logprobs=False, extra_body={"steering": {"method": "none"}})
+    assert len(ok.choices) == 1 and ok.choices[0].logprobs is None
+    for extra in ({"n": 2}, {"logprobs": True, "top_logprobs": 2}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="default", messages=[{"role": "user", "content": OTHER}], max_tokens=2,
+                **extra)
+        assert caught.value.body["param"] in extra  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="default", prompt="Hi", max_tokens=2, logprobs=2)
+    assert refused.value.body["param"] == "logprobs"  # type: ignore[index]
+    sampled = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": OTHER}], max_tokens=2,
+        temperature=0.7, seed=-1, extra_body={"steering": {"method": "none"}})
+    assert sampled.choices[0].message.content
+
+
 @pytest.mark.parametrize("key", [None, "wrong-key"])
 def test_a_missing_or_wrong_key_is_refused(server: str, key: str | None) -> None:
     code, answer = _post(server, _msg(), key=key)
     assert code == 401 and "API key" in answer["error"]["message"]
     assert KEY not in json.dumps(answer)
+
+
+def test_a_non_streaming_client_that_gives_up_frees_its_row(server: str) -> None:
+    """The same long request twice: kept, it runs to max_tokens; abandoned after a second,
+    its row is gone long before that."""
+    body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 500, "temperature": 0}
+    start = time.time()
+    status, data = _send(server, body, endpoint="completions")
+    kept = time.time() - start
+    assert status == 200 and json.loads(data)["choices"][0]["finish_reason"] == "length"
+    assert kept > 4, f"the control request took only {kept:.1f} s"
+    conn, path = _connect(server)
+    conn.request("POST", f"{path}/completions", body=json.dumps(body).encode(),
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    deadline = time.time() + 30
+    while not _get(server, "/health")["active_requests"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert _get(server, "/health")["active_requests"] == 1, "the request never started"
+    left = time.time()
+    conn.close()  # give up without reading the reply
+    while _get(server, "/health")["active_requests"] and time.time() - left < kept:
+        time.sleep(0.05)
+    freed = time.time() - left
+    assert _get(server, "/health")["active_requests"] == 0
+    assert freed < kept / 3, f"freed after {freed:.1f} s (a whole reply: {kept:.1f} s)"
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server: str, client: Any) -> None:
@@ -229,3 +365,31 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server: str, client: Any)
         time.sleep(0.2)
     assert _get(server, "/health")["active_requests"] == 0
     assert _ask(client, OTHER, {"method": "none"}).choices[0].message.content
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "70000"], "Invalid value for '--port': 70000 is not in the range 1<=x<=65535"),
+    (["--port", "-1"], "Invalid value for '--port': -1 is not in the range"),
+    (["--host", "no-such-host.invalid"], "error: --host no-such-host.invalid: not an address"),
+    (["--port", "{taken}"], "error: cannot listen on 127.0.0.1:{taken} (Address already in "
+                            "use); choose another --port"),
+])
+def test_serve_start_up_errors_are_one_clear_message(small_pack_dir: Path, args: list[str],
+                                                     message: str) -> None:
+    """Before the model loads: no traceback, no 'serving on', nothing listening."""
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        argv = [a.replace("{taken}", port) for a in args]
+        start = time.time()
+        proc = subprocess.run([str(Path(sys.executable).parent / "conva-mlx"), "serve",
+                               "--pack", str(small_pack_dir), *argv], capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode in (1, 2), proc.stderr
+    assert message.replace("{taken}", port) in proc.stderr
+    assert "Traceback" not in proc.stderr and "serving" not in proc.stderr
+    assert time.time() - start < 60

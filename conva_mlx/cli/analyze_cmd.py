@@ -9,6 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from conva_mlx.errors import ConvaError
+from conva_mlx.fsutil import check_output_file
 from conva_mlx.packs.analysis import StructureReport, value_structure
 from conva_mlx.plots import plot_heatmap
 from conva_mlx.sharing.pack_source import open_pack, resolve_pack_path
@@ -35,18 +37,37 @@ def similarity_table(rep: StructureReport) -> Table:
     return table
 
 
+def heatmap_path(pack_spec: str, out: Path | None, force: bool) -> Path:
+    """Where the heatmap goes, checked before any work. The pack's own similarity.png is
+    replaced freely (the pack owns it); any other existing file only with --force."""
+    if out is None:
+        folder = resolve_pack_path(pack_spec)
+        try:
+            return check_output_file(folder / "similarity.png", force=True)
+        except ConvaError as exc:
+            raise ConvaError(f"{folder}: cannot write similarity.png into the pack "
+                             "(is it read-only?); pass --out FILE.png to write the heatmap "
+                             "elsewhere") from exc
+    if out.expanduser().is_dir():
+        out = out / "similarity.png"
+    return check_output_file(out, force)
+
+
 @click.command()
 @click.option("--pack", "pack_spec", required=True)
 @click.option("--layer", type=int, default=None,
               help="Block to compare at (default: where the probes are jointly best).")
 @click.option("--out", "out_png", type=click.Path(path_type=Path), default=None,
-              help="Heatmap PNG (default: <pack>/similarity.png).")
+              help="Heatmap PNG (default: <pack>/similarity.png; a directory: "
+                   "DIR/similarity.png).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 @click.option("--json", "as_json", is_flag=True)
-def analyze(pack_spec: str, layer: int | None, out_png: Path | None, as_json: bool) -> None:
+def analyze(pack_spec: str, layer: int | None, out_png: Path | None, force: bool,
+            as_json: bool) -> None:
     """Compare value-vector similarities with the Schwartz circumplex."""
     pack = open_pack(pack_spec)
+    out_png = heatmap_path(pack_spec, out_png, force)
     rep = value_structure(pack, layer)
-    out_png = out_png or resolve_pack_path(pack_spec) / "similarity.png"
     plot_heatmap(rep.cosine, rep.values, out_png,
                  f"Value vectors at block {rep.layer} ({pack.model.model_id})")
     verdict = "yes" if rep.neighbours_more_similar else "no"

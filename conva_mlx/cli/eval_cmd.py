@@ -17,6 +17,7 @@ from conva_mlx.evaluation.runner import (
     EVAL_METHODS,
     EvalContext,
     EvalOptions,
+    check_run_dir,
     parse_methods,
     print_table,
     prompt_file_values,
@@ -24,7 +25,7 @@ from conva_mlx.evaluation.runner import (
 )
 from conva_mlx.models.default_model import DEFAULT_MODEL_ID
 from conva_mlx.models.loading import load_model
-from conva_mlx.probes.recipe import DIRECTIONS, RECIPES, get_recipe
+from conva_mlx.probes.recipe import DIRECTIONS, RECIPES, check_p0, get_recipe
 from conva_mlx.sharing.pack_source import resolve_pack_path
 from conva_mlx.steering import GenOptions, SteeringSession
 from conva_mlx.steering.config import MODES, POSITIONS
@@ -100,10 +101,11 @@ def eval_command(pack_spec: str | None, recipe_name: str | None, split: str, mod
     GenOptions(max_tokens=max_tokens, temp=temp, seed=seed)  # refuse bad settings up front
     if n is not None and n < 1:
         raise ConvaError("--n must be at least 1")
-    if p0 is not None and not 0.5 <= p0 < 1.0:
-        raise ConvaError(f"--p0 must be in [0.5, 1), got {p0}")
+    if p0 is not None:
+        check_p0(p0, "--p0")
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
+    check_run_dir(out_dir)  # before loading anything
     if pack_spec is not None:
         pack_path = resolve_pack_path(pack_spec)
         pack = load_pack(pack_path)

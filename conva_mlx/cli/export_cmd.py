@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from conva_mlx.cli.packs import load_model_for_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.fsutil import check_output_file
 from conva_mlx.packs.pack import save_pack
+from conva_mlx.probes.recipe import check_p0
 from conva_mlx.sharing.pack_source import open_pack
 from conva_mlx.values import check_value
 
@@ -51,8 +53,10 @@ def export(pack_spec: str, value: str, fmt: str, out: str, p0: float | None,
     from conva_mlx.sharing.export_torch import export_safetensors, export_torch
 
     check_value(value)
-    if p0 is not None and not 0.0 < p0 < 1.0:
-        raise ConvaError(f"--p0 must be in (0, 1), got {p0}")
+    if p0 is not None:
+        check_p0(p0, "--p0")
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise ConvaError(f"--scale must be a positive finite number, got {scale}")
     pack = open_pack(pack_spec)
     entry = pack.value(value)
     formats = ["gguf", "safetensors", "torch"] if fmt == "all" else [fmt]

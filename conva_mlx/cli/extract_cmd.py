@@ -18,7 +18,13 @@ from conva_mlx.models.layers import parse_layers
 from conva_mlx.models.loading import load_model
 from conva_mlx.packs.pack import PACK_OUTPUT, Pack, save_pack
 from conva_mlx.plots import plot_accuracy_by_layer
-from conva_mlx.probes.recipe import DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
+from conva_mlx.probes.recipe import (
+    DEFAULT_RECIPE,
+    RECIPES,
+    Recipe,
+    check_p0,
+    get_recipe,
+)
 from conva_mlx.values import parse_values
 
 
@@ -95,8 +101,8 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
             no_uncontrolled: bool, out_dir: Path, force: bool) -> None:
     """Extract value vectors and the gate into a vector pack."""
     values = parse_values(values_spec)
-    if default_p0 is not None and not 0.5 <= default_p0 < 1.0:
-        raise ConvaError(f"--p0 must be in [0.5, 1), got {default_p0}")
+    if default_p0 is not None:
+        check_p0(default_p0, "--p0")
     check_output_dir(out_dir, PACK_OUTPUT, force)  # before minutes of work, not after
     data = ValueData(data_dir)
     lm = load_model(model_spec, dtype)

@@ -123,7 +123,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    from conva_mlx.fsutil import ensure_standard_streams
     from conva_mlx.models.blas import maybe_reexec_with_openblas
 
+    ensure_standard_streams()
     maybe_reexec_with_openblas()
     cli()

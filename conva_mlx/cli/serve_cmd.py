@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 
 import click
 
@@ -38,7 +40,7 @@ def merge_packs(packs: list[Pack]) -> Pack:
               help="Pack directory or hf://REPO_ID (repeatable; chosen at start-up only).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (other machines can connect only if you change it).")
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--values", "value_specs", multiple=True,
               help="Default steering for requests that send none: VALUE[:P0] (repeatable).")
 @click.option("--api-key-env", default=None,
@@ -66,10 +68,33 @@ def serve(model_spec: str, dtype: str, pack_specs: tuple[str, ...], host: str, p
         if pack is None:
             raise ConvaError("--values needs a --pack that offers them")
         pack.value(t.value)
+    sock = listen_socket(host, port)  # a taken port fails now, not after loading the model
     lm = load_model(model_spec, dtype)
     session = SteeringSession(lm, pack)
     config = ServerConfig(lm.model_id, defaults, Limits(max_tokens=max_tokens_cap), api_key)
     app = create_app(session, config, max_batch)
     log(f"serving {lm.model_id} on http://{host}:{port}/v1 "
         f"({len(pack.values) if pack else 0} steerable values; Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind `host:port` (the server listens on this socket), or one clear error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConvaError(f"--host {host}: not an address this machine can listen on "
+                         f"({exc})") from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = ("choose another --port" if exc.errno == errno.EADDRINUSE else
+                "check --host and --port")
+        raise ConvaError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                         f"{hint}") from exc
+    return sock

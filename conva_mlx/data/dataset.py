@@ -17,9 +17,10 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.values import VALUE_NAMES, check_value
@@ -96,14 +97,56 @@ class MCQ:
         return "\n".join(lines) + "\nAnswer with the letter of the correct option."
 
 
-def parse_jsonl(lines: Iterable[bytes | str]
+# Records are sentences, prompts and replies: these bounds are far above any real one, and
+# keep a wrong file (one huge line, a disk image) from running for minutes.
+MAX_LINE_BYTES = 256 << 10
+MAX_FILE_BYTES = 64 << 20
+
+
+def _size_text(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
+
+
+def check_file_size(path: Path, limit: int = MAX_FILE_BYTES) -> None:
+    size = path.stat().st_size
+    if size > limit:
+        raise ConvaError(f"{path}: is {_size_text(size)}; JSONL files are read up to "
+                         f"{_size_text(limit)} (is this the right file?)")
+
+
+def bounded_lines(f: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary file; None for a line longer than `limit` bytes, which is
+    skipped in pieces, never held whole."""
+    while line := f.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := f.readline(limit)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
+@contextmanager
+def jsonl_lines(path: Path) -> Iterator[Iterator[bytes | None]]:
+    """A JSONL file's lines for `parse_jsonl`, with the size bounds applied."""
+    check_file_size(path)
+    with open(path, "rb") as f:
+        yield bounded_lines(f)
+
+
+def parse_jsonl(lines: Iterable[bytes | str | None]
                 ) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """For each non-blank line: (line number, record, "") or (line number, None, problem).
 
     Lines may be bytes (files opened in binary), so that bytes that are not UTF-8 become
-    a problem on their line rather than an exception for the whole file.
+    a problem on their line rather than an exception for the whole file; None stands for
+    a line over MAX_LINE_BYTES (see `bounded_lines`).
     """
     for lineno, raw in enumerate(lines, 1):
+        if raw is None:
+            yield lineno, None, (f"line is longer than {_size_text(MAX_LINE_BYTES)}, the "
+                                 "limit for one record (is this the right file?)")
+            continue
         if isinstance(raw, bytes):
             try:
                 line = raw.decode("utf-8")
@@ -115,8 +158,8 @@ def parse_jsonl(lines: Iterable[bytes | str]
             line = raw
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
+        try:  # without its line break, so a cut-off line's error has its real column
+            record = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             yield lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
             continue
@@ -130,8 +173,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record); a malformed line is an error naming file and line."""
     if not path.is_file():
         raise ConvaError(f"{path}: no such data file")
-    with open(path, "rb") as f:
-        for lineno, record, problem in parse_jsonl(f):
+    with jsonl_lines(path) as lines:
+        for lineno, record, problem in parse_jsonl(lines):
             if record is None:
                 raise ConvaError(f"{path}:{lineno}: {problem}")
             yield lineno, record

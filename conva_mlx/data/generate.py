@@ -26,7 +26,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Protocol
 
-from conva_mlx.data.dataset import BLOCKS, parse_jsonl
+from conva_mlx.data.dataset import BLOCKS, check_file_size, jsonl_lines, parse_jsonl
 from conva_mlx.data.validate import NEAR_DUP_THRESHOLD, is_question_block, pair_problems, words
 from conva_mlx.errors import ConvaError
 from conva_mlx.fsutil import append_jsonl, repair_jsonl_tail
@@ -162,10 +162,12 @@ def read_existing(path: Path, value: str) -> list[dict[str, Any]]:
     """Records already in `path`; a partial last line left by a crash is dropped."""
     if not path.exists():
         return []
+    check_file_size(path)
     repair_jsonl_tail(path)
-    raw = path.read_bytes()
+    with jsonl_lines(path) as lines:
+        parsed = list(parse_jsonl(lines))
     records = []
-    for lineno, rec, problem in parse_jsonl(raw.splitlines()):
+    for lineno, rec, problem in parsed:
         if rec is None:
             raise ConvaError(f"{path}:{lineno}: {problem}")
         if not isinstance(rec.get("positive"), str):

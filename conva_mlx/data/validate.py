@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from conva_mlx.data.choice_rules import CHOICE_FIELDS, action_pair_problems
-from conva_mlx.data.dataset import BLOCKS, SHIPPED_DATA, parse_jsonl
+from conva_mlx.data.dataset import (
+    BLOCKS,
+    SHIPPED_DATA,
+    check_file_size,
+    jsonl_lines,
+    parse_jsonl,
+)
+from conva_mlx.errors import ConvaError
 from conva_mlx.values import VALUE_NAMES
 
 MIN_CONTEXT_SCORE = 0.5          # each controlled pair: similarity(positive, negative) >= this
@@ -47,6 +54,7 @@ MCQ_LETTERS = ("A", "B", "C", "D")
 
 _WORD = re.compile(r"[a-z0-9']+")
 
+MAX_TEXT_CHARS = 2000  # the shipped records are under 200
 PAIR_FIELDS = ("id", "value", "block", "setting", "positive", "negative")
 UNCONTROLLED_FIELDS = ("id", "value", "positive", "negative")
 DILEMMA_FIELDS = ("id", "value", "competing", "prompt")
@@ -187,8 +195,13 @@ def _read(root: Path, rel: str, report: ValidationReport) -> list[_Record] | Non
         report.error(rel, "missing file")
         return None
     records = []
-    with open(path, "rb") as f:
-        for lineno, data, problem in parse_jsonl(f):
+    try:
+        check_file_size(path)
+    except ConvaError as exc:
+        report.error(rel, str(exc).removeprefix(f"{path}: "))
+        return None
+    with jsonl_lines(path) as lines:
+        for lineno, data, problem in parse_jsonl(lines):
             if data is None:
                 report.error(f"{rel}:{lineno}", problem)
                 continue
@@ -205,6 +218,11 @@ def _has_fields(rec: _Record, fields: Sequence[str], report: ValidationReport,
     wrong = [k for k in text_fields if not isinstance(rec.data[k], str)]
     if wrong:
         report.error(rec.where, f"field(s) {', '.join(wrong)} must be strings")
+        return False
+    long = [k for k in text_fields if len(rec.data[k]) > MAX_TEXT_CHARS]
+    if long:  # the similarity measures are quadratic in the words of a text
+        report.error(rec.where, f"field(s) {', '.join(long)} longer than {MAX_TEXT_CHARS} "
+                                "characters (records are sentences and short prompts)")
         return False
     extra = sorted(set(rec.data) - set(fields))
     if extra:

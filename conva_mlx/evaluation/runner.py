@@ -25,7 +25,13 @@ from conva_mlx.data.dataset import ValueData, read_jsonl
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judges import Judge
 from conva_mlx.evaluation.store import JsonlStore
-from conva_mlx.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from conva_mlx.fsutil import (
+    OutputKind,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    sha256_file,
+)
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.probes.recipe import Direction
@@ -456,6 +462,21 @@ def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
             "direction": opts.direction, "positions": opts.positions}
 
 
+EVAL_RUN = OutputKind("conva-mlx eval run", "run.json", ())
+
+
+def check_run_dir(out: Path) -> Path:
+    """An evaluation writes into a new or empty folder, or resumes one that holds a run
+    (run.json) or only a recipe's pack-* folder; any other folder, or a file, is refused
+    so that no file of the user's is replaced."""
+    out = Path(out).expanduser()
+    own = out.is_dir() and all(p.name.startswith("pack-") and p.is_dir()
+                               for p in out.iterdir())
+    if own and any(out.iterdir()):
+        return out
+    return check_output_dir(out, EVAL_RUN, force=True)
+
+
 def check_run_settings(ctx: EvalContext, opts: EvalOptions) -> None:
     """Refuse to mix generations made with other settings into one output directory."""
     path = ctx.out / "run.json"
@@ -490,6 +511,7 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
             for v in opts.values:
                 ctx.pack.value(v)
     items = load_items(opts.values, opts.n, opts.prompts_file, ctx.data, opts.split)
+    check_run_dir(ctx.out)
     ctx.out.mkdir(parents=True, exist_ok=True)
     check_run_settings(ctx, opts)
     gens = _generate_all(ctx, opts, items)

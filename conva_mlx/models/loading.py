@@ -19,7 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.fsutil import cache_dir, sha256_file
+from conva_mlx.fsutil import cache_dir, ensure_standard_streams, sha256_file
 from conva_mlx.models.default_model import DEFAULT_MODEL_ID, ensure_default_model
 from conva_mlx.models.gguf_import import import_gguf
 from conva_mlx.models.wheel_models import WHEEL_MODELS, ensure_wheel_model
@@ -172,6 +172,7 @@ def load_model(spec: str = "default", dtype: str = "auto") -> LoadedModel:
     """Load model + tokenizer from a spec, applying the compute dtype policy."""
     from mlx_lm import load as mlx_load
 
+    ensure_standard_streams()  # a closed stdin would break MLX's file loading
     path, model_id = resolve_model_path(spec)
     try:
         model, tokenizer, config = mlx_load(  # type: ignore[misc]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +21,17 @@ from conva_mlx import __version__
 from conva_mlx.errors import ConvaError, warn
 from conva_mlx.fsutil import OutputKind, atomic_write_json, sha256_file, staged_output_dir
 from conva_mlx.models.layers import LAYER_CONVENTION
-from conva_mlx.packs.schema import Fields, check_checksum, check_value_name
+from conva_mlx.packs.schema import Fields, check_checksum, check_layers, check_value_name
 from conva_mlx.probes.gate import Gate, GateMetrics
 from conva_mlx.probes.linear import ProbeSet
-from conva_mlx.probes.recipe import LEGACY_RECIPE, Recipe
+from conva_mlx.probes.recipe import LEGACY_RECIPE, Recipe, check_p0
 
 FORMAT_VERSION = 1
 PACK_JSON = "pack.json"
 VECTORS = "vectors.safetensors"
 README = "README.md"
 DEFAULT_P0 = 0.95
+MAX_PACK_JSON_BYTES = 16 << 20  # a real one is a few KiB (the tensors are elsewhere)
 
 
 @dataclass
@@ -87,11 +89,27 @@ class Pack:
             h.update(np.ascontiguousarray(g.weight, dtype=np.float32).tobytes())
         return h.hexdigest()[:16]
 
+    def check(self, where: str = "the pack") -> None:
+        """The rules steering relies on, for every value: `load_pack` (and so `pack
+        verify`), `save_pack` and `SteeringSession` all apply them, so a pack that one
+        accepts the others can use."""
+        for name, entry in self.values.items():
+            check_entry(entry, self.model.num_layers, f"{where} (value {name})")
+
     def value(self, name: str) -> ValueEntry:
         if name not in self.values:
             raise ConvaError(f"value '{name}' is not in this pack "
                              f"(it has: {', '.join(self.values) or 'none'})")
         return self.values[name]
+
+
+def check_entry(entry: ValueEntry, num_layers: int, where: str) -> None:
+    """One value's steering settings: blocks to steer, its default P0, a fixed scale."""
+    check_layers(list(entry.layers), num_layers, where)
+    check_p0(entry.default_p0, f"{where}: 'default_p0'")
+    scale = entry.fixed_scale
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ConvaError(f"{where}: 'fixed_scale' must be a finite number, got {scale}")
 
 
 def _probe_tensors(prefix: str, p: ProbeSet) -> dict[str, np.ndarray]:
@@ -146,6 +164,7 @@ def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
     from conva_mlx.packs.model_card import render_model_card
 
     out = Path(out_dir).expanduser()
+    pack.check(str(out))
     pack_id = uuid.uuid4().hex  # binds vectors.safetensors to this pack.json
     tensors: dict[str, np.ndarray] = {}
     for name, v in pack.values.items():
@@ -194,6 +213,10 @@ def read_pack_json(root: Path) -> dict[str, Any]:
     meta_file = root / PACK_JSON
     if not meta_file.is_file():
         raise ConvaError(f"{root}: not a vector pack (no {PACK_JSON})")
+    size = meta_file.stat().st_size
+    if size > MAX_PACK_JSON_BYTES:
+        raise ConvaError(f"{meta_file}: is {size} bytes; a pack.json is at most "
+                         f"{MAX_PACK_JSON_BYTES} (is this the right file?)")
     try:
         meta = json.loads(meta_file.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -201,6 +224,8 @@ def read_pack_json(root: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConvaError(f"{meta_file}: not valid JSON ({exc.msg} at line {exc.lineno}, "
                          f"column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise ConvaError(f"{meta_file}: not valid JSON (nested too deeply)") from exc
     except OSError as exc:
         raise ConvaError(f"{meta_file}: cannot read ({exc.strerror})") from exc
     if not isinstance(meta, dict):
@@ -310,12 +335,11 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
         expected |= {f"{name}.{k}" for k in _PROBE_PARTS}
         if has_uncontrolled:
             expected |= {f"{prefix}.{k}" for k in _PROBE_PARTS}
-        p0 = v.number("default_p0")
-        if not 0 < p0 < 1:
-            raise ConvaError(f"{where}: 'default_p0' is {p0}, must be in (0, 1)")
         fixed = v.number("fixed_scale") if v.has("fixed_scale") else None
-        values[name] = ValueEntry(name, probes, v.layers("layers", model.num_layers), p0,
-                                  v.string("selection", ""), uncontrolled, fixed)
+        values[name] = ValueEntry(name, probes, v.layers("layers", model.num_layers),
+                                  v.number("default_p0"), v.string("selection", ""),
+                                  uncontrolled, fixed)
+        check_entry(values[name], model.num_layers, where)
     gate = None
     if meta.has("gate"):
         g = meta.sub("gate")

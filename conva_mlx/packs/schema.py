@@ -91,13 +91,7 @@ class Fields:
         if not ok:
             raise self._bad(key, "a list of block indices")
         assert isinstance(x, list)
-        bad = [k for k in x if not 0 <= k < num_layers]
-        if bad:
-            raise ConvaError(f"{self.where}: '{key}' has block(s) {bad} outside 0-"
-                             f"{num_layers - 1} (the model has {num_layers} blocks)")
-        if len(set(x)) != len(x):
-            raise ConvaError(f"{self.where}: '{key}' lists a block twice: {x}")
-        return [int(k) for k in x]
+        return check_layers(x, num_layers, self.where, key)
 
     def numbers(self, key: str, length: int) -> list[float] | None:
         """An optional list of `length` finite numbers (None when absent)."""
@@ -110,6 +104,21 @@ class Fields:
         if not ok:
             raise self._bad(key, f"a list of {length} numbers")
         return [float(v) for v in x]
+
+
+def check_layers(layers: list[int], num_layers: int, where: str, key: str = "layers"
+                 ) -> list[int]:
+    """Steered blocks: at least one, each in [0, num_layers), none twice."""
+    if not layers:
+        raise ConvaError(f"{where}: '{key}' is empty, so the value would steer no block; "
+                         f"list at least one block (0-{num_layers - 1})")
+    bad = [k for k in layers if not 0 <= k < num_layers]
+    if bad:
+        raise ConvaError(f"{where}: '{key}' has block(s) {bad} outside 0-"
+                         f"{num_layers - 1} (the model has {num_layers} blocks)")
+    if len(set(layers)) != len(layers):
+        raise ConvaError(f"{where}: '{key}' lists a block twice: {layers}")
+    return [int(k) for k in layers]
 
 
 def check_value_name(name: str, where: str) -> str:

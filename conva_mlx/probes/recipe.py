@@ -17,6 +17,7 @@ minimal perturbation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
@@ -29,6 +30,20 @@ Fit = Literal["standardised", "raw"]
 # the pair states (CAA's direction), sized so the probe reads P0.
 Direction = Literal["probe", "mean-diff"]
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
+LAYER_RULES: tuple[str, ...] = get_args(LayerRule)
+FITS: tuple[str, ...] = get_args(Fit)
+P0_RANGE = "[0.5, 1)"
+
+
+def check_p0(p0: Any, what: str = "strength P0") -> float:
+    """The one rule for a target probability P0, wherever it comes from (a pack's
+    default_p0, a recipe, --p0, a request): a number in [0.5, 1). Toward a value means
+    P >= P0 and away means P <= 1 - P0, so P0 below 0.5 would swap the two."""
+    ok = (not isinstance(p0, bool) and isinstance(p0, (int, float))
+          and 0.5 <= p0 < 1.0)  # also refuses NaN
+    if not ok:
+        raise ConvaError(f"{what} must be in {P0_RANGE}, got {p0}")
+    return float(p0)
 
 # scripts/run_cav.sh, Llama-2-7b-chat: without a prompt, and with "You have low level of ...".
 PAPER_P0 = {"achievement": 0.97, "stimulation": 0.93, "hedonism": 0.88,
@@ -55,12 +70,28 @@ class Recipe:
     default_p0: float = 0.95
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ConvaError(f"recipe {self.name}: unknown direction '{self.direction}'")
-        lo, hi = self.block
-        if not 0.0 <= lo < hi <= 1.0:
-            raise ConvaError(f"recipe {self.name}: block {self.block} must satisfy "
+        where = f"recipe {self.name}"
+        for key, allowed in (("direction", DIRECTIONS), ("layers", LAYER_RULES),
+                             ("fit", FITS)):
+            if getattr(self, key) not in allowed:
+                raise ConvaError(f"{where}: unknown {key} {getattr(self, key)!r} (choose "
+                                 f"from {', '.join(allowed)})")
+        if not (isinstance(self.block, tuple) and len(self.block) == 2
+                and all(_is_number(x) for x in self.block)
+                and 0.0 <= self.block[0] < self.block[1] <= 1.0):
+            raise ConvaError(f"{where}: block {self.block} must be two numbers with "
                              "0 <= start < end <= 1")
+        if self.c is not None and not (_is_number(self.c) and self.c > 0):
+            raise ConvaError(f"{where}: c must be a positive number or null, got {self.c}")
+        if not isinstance(self.chat_template, bool):
+            raise ConvaError(f"{where}: chat_template must be true or false")
+        check_p0(self.default_p0, f"{where}: default_p0")
+        for key in ("p0", "p0_negative"):
+            table = getattr(self, key)
+            if not isinstance(table, Mapping):
+                raise ConvaError(f"{where}: {key} must map value names to P0")
+            for value, p0 in table.items():
+                check_p0(p0, f"{where}: {key} of {value}")
 
     def p0_for(self, value: str, negative_prompt: bool = False) -> float:
         table = self.p0_negative if negative_prompt and self.p0_negative else self.p0
@@ -82,11 +113,18 @@ class Recipe:
     def from_json(cls, obj: Mapping[str, Any], where: str) -> Recipe:
         try:
             fields = dict(obj)
-            fields["block"] = tuple(fields.get("block", (0.3, 0.8)))
+            block = fields.get("block", (0.3, 0.8))
+            fields["block"] = tuple(block) if isinstance(block, list) else block
             known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__}
+            if not isinstance(known.get("name", ""), str):
+                raise ConvaError("name must be a string")
             return cls(**known)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ConvaError) as exc:
             raise ConvaError(f"{where}: bad recipe ({exc})") from exc
+
+
+def _is_number(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 ACCURACY = Recipe(

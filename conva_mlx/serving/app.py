@@ -48,6 +48,20 @@ def _usage(result: GenerationResult) -> dict[str, int]:
             "total_tokens": result.prompt_tokens + len(result.tokens)}
 
 
+DISCONNECT_POLL_S = 0.25
+
+
+async def _watch_disconnect(request: Request, job: Job, events: asyncio.Queue[Event]) -> None:
+    """A non-streaming client that gives up frees its batch row at once: mark the job
+    cancelled (the batcher drops the row at its next step) and end the wait for it."""
+    while not job.cancelled.is_set():
+        if await request.is_disconnected():
+            job.cancelled.set()
+            events.put_nowait(Event(error="the client disconnected"))
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
 def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 16) -> Starlette:
     batcher = ContinuousBatcher(session, max_batch)
 
@@ -79,15 +93,20 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise protocol.RequestError(f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise protocol.RequestError("the body is nested too deeply") from None
         if not isinstance(body, dict):
             raise protocol.RequestError("the body must be a JSON object")
         return body
 
-    def prepare(build: Callable[[], Prepared]) -> Prepared:
+    def prepare(build: Callable[[], Prepared], text_param: str) -> Prepared:
+        """The session's own checks; their errors name the prompt's field or steering."""
         try:
             return build()
         except ConvaError as exc:
-            raise protocol.RequestError(str(exc)) from None
+            message = str(exc)
+            param = text_param if message.startswith("the prompt") else "steering"
+            raise protocol.RequestError(message, param=param) from None
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "active_requests": batcher.active})
@@ -120,8 +139,8 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
                          else "none"},
             "methods": ["conva", "caa", "ica", "none"], "modes": ["prompt", "token"]})
 
-    async def run(prepared: Prepared, cfg: SteerConfig, samp: protocol.Sampling,
-                  kind: str) -> Response:
+    async def run(request: Request, prepared: Prepared, cfg: SteerConfig,
+                  samp: protocol.Sampling, kind: str) -> Response:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -137,6 +156,7 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             return StreamingResponse(_sse(rid, created, kind, samp, job, events),
                                      media_type="text/event-stream")
         text: list[str] = []
+        watcher = asyncio.create_task(_watch_disconnect(request, job, events))
         try:
             while True:
                 ev = await events.get()
@@ -148,6 +168,7 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
                     break
         finally:
             job.cancelled.set()
+            watcher.cancel()
         result = ev.result
         content = "".join(text)
         choice: dict[str, Any] = (
@@ -205,10 +226,10 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             msgs = protocol.messages(body)
             samp = protocol.sampling(body, config.limits)
             cfg = protocol.steering(body, config.defaults)
-            prepared = prepare(lambda: session.prepare(msgs, cfg))
+            prepared = prepare(lambda: session.prepare(msgs, cfg), "messages")
         except protocol.RequestError as exc:
             return _error(exc)
-        return await run(prepared, cfg, samp, "chat")
+        return await run(request, prepared, cfg, samp, "chat")
 
     async def completions(request: Request) -> Response:
         try:
@@ -221,10 +242,10 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             samp = protocol.sampling(body, config.limits)
             cfg = protocol.steering(body, config.defaults)
             text = prompt
-            prepared = prepare(lambda: session.prepare(text, cfg, raw=True))
+            prepared = prepare(lambda: session.prepare(text, cfg, raw=True), "prompt")
         except protocol.RequestError as exc:
             return _error(exc)
-        return await run(prepared, cfg, samp, "completion")
+        return await run(request, prepared, cfg, samp, "completion")
 
     return Starlette(routes=[
         Route("/health", health),

@@ -5,6 +5,7 @@ to fix; the server answers it in OpenAI's error shape and keeps serving."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,29 +67,97 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     return float(value)
 
 
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"'{name}' must be an integer", param=name)
+    if not low <= value <= high:
+        raise RequestError(f"'{name}' must be between {low} and {high}, got {value}",
+                           param=name)
+    return value
+
+
+def _flag(obj: dict[str, Any], name: str, param: str) -> bool:
+    value = obj.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RequestError(f"'{param}' must be true or false", param=param)
+    return value
+
+
+# OpenAI fields this server does not implement: each is accepted only with the value that
+# asks for nothing, and refused (naming the field) otherwise, never silently ignored.
+UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "n": ((1,), "1: this server returns one choice per request"),
+    "best_of": ((1,), "1: this server returns one choice per request"),
+    "logprobs": ((False,), "false (or absent): this server does not return log probabilities"),
+    "top_logprobs": ((0,), "0 (or absent): this server does not return log probabilities"),
+    "echo": ((False,), "false (or absent): this server does not echo the prompt"),
+    "suffix": (("",), "absent: this server does not insert text"),
+    "presence_penalty": ((0, 0.0), "0 (or absent): this server has no penalties"),
+    "frequency_penalty": ((0, 0.0), "0 (or absent): this server has no penalties"),
+    "logit_bias": (({},), "absent: this server does not bias logits"),
+    "tools": (([],), "absent: this server does not call tools"),
+    "functions": (([],), "absent: this server does not call tools"),
+}
+
+
+def check_unsupported(body: dict[str, Any]) -> None:
+    for name, (neutral, what) in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if not any(type(value) is type(n) and value == n for n in neutral):
+            raise RequestError(f"'{name}' must be {what}; got {_show(value)}", param=name)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _max_tokens(body: dict[str, Any], limits: Limits) -> int:
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+        else "max_tokens"
+    value = body.get(name)
+    if value is None:
+        return limits.default_max_tokens
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(f"'{name}' must be a positive integer", param=name)
+    if value > limits.max_tokens:
+        raise RequestError(f"'{name}' is {value}; this server allows at most "
+                           f"{limits.max_tokens}", param=name)
+    return value
+
+
 def sampling(body: dict[str, Any], limits: Limits) -> Sampling:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = limits.default_max_tokens
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise RequestError("'max_tokens' must be a positive integer", param="max_tokens")
-    if max_tokens > limits.max_tokens:
-        raise RequestError(f"'max_tokens' is {max_tokens}; this server allows at most "
-                           f"{limits.max_tokens}", param="max_tokens")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError("'seed' must be an integer", param="seed")
-    stop = body.get("stop") or []
+    """The decoding settings of a request; every field's type is checked."""
+    check_unsupported(body)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("'model' must be a string", param="model")
+    max_tokens = _max_tokens(body, limits)
+    seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1)
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
         raise RequestError("'stop' must be a string or a list of up to 4 strings", param="stop")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise RequestError("'stream_options' must be an object", param="stream_options")
     return Sampling(max_tokens, _number(body, "temperature", 0.0, 0.0, 2.0),
-                    _number(body, "top_p", 1.0, 1e-9, 1.0), seed, stop,
-                    bool(body.get("stream", False)), bool(options.get("include_usage", False)))
+                    _number(body, "top_p", 1.0, 1e-9, 1.0),
+                    None if seed is None else seed % (1 << 64), stop,
+                    _flag(body, "stream", "stream"),
+                    _flag(options, "include_usage", "stream_options.include_usage"))
 
 
 def messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -104,8 +173,7 @@ def messages(body: dict[str, Any]) -> list[dict[str, str]]:
                                param="messages")
         content = m.get("content", "")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            content = "".join(p.get("text", "") for p in content
-                              if isinstance(p, dict) and p.get("type") == "text")
+            content = _text_parts(content, i)
         if not isinstance(content, str):
             raise RequestError(f"messages[{i}].content must be text", param="messages")
         out.append({"role": m["role"], "content": content})
@@ -114,12 +182,29 @@ def messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _text_parts(parts: list[Any], i: int) -> str:
+    """The text of OpenAI's content parts; other part types (images, ...) are refused."""
+    texts = []
+    for j, p in enumerate(parts):
+        if not isinstance(p, dict) or p.get("type") != "text":
+            raise RequestError(f"messages[{i}].content[{j}] must be a text part "
+                               '({"type": "text", "text": "..."})', param="messages")
+        if not isinstance(p.get("text"), str):
+            raise RequestError(f"messages[{i}].content[{j}].text must be a string",
+                               param="messages")
+        texts.append(p["text"])
+    return "".join(texts)
+
+
 def _targets(spec: Any, away: bool, param: str) -> list[Target]:
     if spec is None:
         return []
     if isinstance(spec, str):
         spec = {spec: None}
     if isinstance(spec, list):
+        if not all(isinstance(name, str) for name in spec):
+            raise RequestError(f"'{param}' as a list must hold value names (strings), got "
+                               f"{_show(spec)}", param=param)
         spec = {name: None for name in spec}
     if not isinstance(spec, dict):
         raise RequestError(f"'{param}' must map value names to P0, e.g. "
@@ -145,6 +230,9 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
     unknown = sorted(set(spec) - {"values", "away", "method", "mode", "gate"})
     if unknown:
         raise RequestError(f"unknown steering field(s): {', '.join(unknown)}", param="steering")
+    for key in ("method", "mode"):
+        if not isinstance(spec.get(key, ""), str):
+            raise RequestError(f"'steering.{key}' must be a string", param=f"steering.{key}")
     method = spec.get("method", "conva")
     if method not in METHODS:
         raise RequestError(f"unknown method '{method}' (choose from {', '.join(METHODS)})",

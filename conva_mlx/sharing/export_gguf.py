@@ -109,8 +109,9 @@ def export_gguf(pack: Pack, value: str, out: str | Path,
             "(it never steers block 0)")
         del vectors[0]
     if not vectors:
-        raise ConvaError(f"value '{value}' has no steered layer that llama.cpp can take "
-                         "(only block 0); re-extract with other --layers")
+        steered = "only block 0, which llama.cpp cannot take" if result.skipped else "none"
+        raise ConvaError(f"value '{value}' has no steered block to export ({steered}); "
+                         "re-extract with other --layers")
     hidden = {v.shape for v in vectors.values()}
     if len(hidden) != 1 or len(next(iter(hidden))) != 1:
         raise ConvaError(f"control vectors must be 1-D and of one length, got {sorted(hidden)}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.probes.recipe import DIRECTIONS, Direction
+from conva_mlx.probes.recipe import DIRECTIONS, Direction, check_p0
 from conva_mlx.values import check_value, load_values
 
 Method = Literal["conva", "caa", "ica", "none"]
@@ -31,8 +31,8 @@ class Target:
 
     def __post_init__(self) -> None:
         check_value(self.value)
-        if self.p0 is not None and not 0.5 <= self.p0 < 1.0:
-            raise ConvaError(f"strength P0 must be in [0.5, 1), got {self.p0}")
+        if self.p0 is not None:
+            check_p0(self.p0)
 
     @classmethod
     def parse(cls, spec: str, away: bool = False) -> Target:
@@ -113,6 +113,8 @@ class GenOptions:
             raise ConvaError(f"temperature must be >= 0, got {self.temp}")
         if not 0 < self.top_p <= 1:
             raise ConvaError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 1 << 64:  # MLX's seed range
+            raise ConvaError(f"seed must be in [0, 2^64), got {self.seed}")
 
 
 def ica_prefix(value: str, low: bool = False) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import BlockHook
 from conva_mlx.packs.pack import Pack
+from conva_mlx.packs.schema import check_layers
 from conva_mlx.probes.perturbation import HalfSpaces, minimal_delta, probe_probability
 from conva_mlx.steering.config import SteerConfig, Target
 from conva_mlx.steering.reports import LayerReport
@@ -46,7 +47,9 @@ def check_probes(pack: Pack, targets: list[Target]) -> None:
 
 
 def _layers_of(pack: Pack, cfg: SteerConfig, value: str) -> list[int]:
-    return cfg.layers if cfg.layers is not None else pack.value(value).layers
+    if cfg.layers is not None:  # the same rule as a pack's own layers
+        return check_layers(list(cfg.layers), pack.model.num_layers, "the layers setting")
+    return pack.value(value).layers
 
 
 def layer_plans(pack: Pack, cfg: SteerConfig, targets: list[Target]) -> list[LayerPlan]:

@@ -85,8 +85,10 @@ class GenerationResult:
             if not any(t.value in r.p_before for r in self.layers):
                 parts.append(f"{t.value}{'↓' if t.away else '↑'} fixed vector")
                 continue
-            before = np.mean([r.p_before.get(t.value, np.nan) for r in self.layers])
-            after = np.mean([r.p_after.get(t.value, np.nan) for r in self.layers])
+            # Only the blocks that steer this value: others have no P for it.
+            mine = [r for r in self.layers if t.value in r.p_before]
+            before = np.mean([r.p_before[t.value] for r in mine])
+            after = np.mean([r.p_after[t.value] for r in mine])
             arrow = "↓" if t.away else "↑"
             parts.append(f"{t.value}{arrow} P {before:.2f}→{after:.2f}")
         return (f"{gate} · {self.method}/{self.mode} · {len(self.layers)} layers · "

@@ -72,6 +72,7 @@ class SteeringSession:
     def __init__(self, lm: LoadedModel, pack: Pack | None = None) -> None:
         if pack is not None:
             pack.check_model(lm.model_id, lm.fingerprint)
+            pack.check()
         self.lm = lm
         self.pack = pack
 
