@@ -10,7 +10,7 @@ import numpy as np
 from conva_mlx.data.dataset import GateQuery, ValueData
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry
-from conva_mlx.probes.capture import CaptureOptions, capture
+from conva_mlx.probes.capture import CaptureOptions, StagedCapture, capture
 from conva_mlx.probes.gate import (
     Gate,
     dilemma_split,
@@ -179,11 +179,12 @@ def extract_gate(lm: LoadedModel, data: ValueData, values: list[str], opts: Extr
                  show: bool, stage: StageCallback | None) -> Gate:
     sets = gate_texts(data, values)
     gate: Gate | None = None
+    # Each stage's forward pass resumes where the previous one stopped.
+    staged = StagedCapture(lm, sets.texts, CaptureOptions(chat_template=True,
+                                                          batch_size=opts.batch_size))
     for group in gate_layer_stages(gate_candidate_layers(lm.num_layers)):
-        states = capture(lm, sets.texts, CaptureOptions(layers=tuple(group), chat_template=True,
-                                                        batch_size=opts.batch_size),
-                         show_progress=show, callback=_callback(stage, "gate"),
-                         description=f"capture gate (blocks {group[0]}-{group[-1]})")
+        states = staged.capture(group, show_progress=show, callback=_callback(stage, "gate"),
+                                description=f"capture gate (blocks {group[0]}-{group[-1]})")
         best = sets.fit(states, group)
         if gate is not None:
             # Earlier blocks win ties, as in one search over every candidate.
