@@ -268,8 +268,10 @@ class StagedCapture:
     """
 
     def __init__(self, lm: LoadedModel, texts: Sequence[str], opts: CaptureOptions,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, resume: bool = True) -> None:
+        """`resume=False` runs every stage from the embeddings (for comparisons)."""
         self.lm, self.texts, self.opts, self.use_cache = lm, list(texts), opts, use_cache
+        self.resume = resume and lm.architecture in RESUMABLE_ARCHITECTURES
         self._prep: _Prepared | None = None
         self._resume: tuple[int, list[mx.array]] | None = None
         self.blocks_run = 0  # blocks computed per text, over all stages (for reports/tests)
@@ -291,8 +293,7 @@ class StagedCapture:
             self._prep = _prepare(self.lm, self.texts, opts)
         prep = self._prep
         resume, self._resume = self._resume, None  # consumed below, batch by batch
-        if (resume is not None and resume[0] >= min(layers)) or \
-                self.lm.architecture not in RESUMABLE_ARCHITECTURES:
+        if not self.resume or (resume is not None and resume[0] >= min(layers)):
             resume = None
         self.blocks_run += max(layers) + 1 - (0 if resume is None else resume[0] + 1)
         out = np.zeros((len(self.texts), len(layers), self.lm.hidden_size), dtype=np.float32)
@@ -304,11 +305,12 @@ class StagedCapture:
                                      opts.reduce, prep.prefix, start)
                 mx.eval(states, h)
                 out[idx] = np.array(states)
-                kept.append(h)
+                if self.resume:
+                    kept.append(h)
                 if resume is not None:
                     resume[1][b] = h  # frees the shallower state: only `kept` holds it now
                 advance(len(idx))
-        self._resume = (max(layers), kept)
+        self._resume = (max(layers), kept) if self.resume else None
         if cache_file is not None:
             _save(cache_file, out)
         return out
