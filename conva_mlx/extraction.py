@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ import numpy as np
 from conva_mlx.data.dataset import GateQuery, ValueData
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry
-from conva_mlx.probes.capture import CaptureOptions, capture
+from conva_mlx.probes.capture import CaptureOptions, StagedCapture, capture
 from conva_mlx.probes.gate import (
     Gate,
     dilemma_split,
@@ -176,14 +177,18 @@ def gate_texts(data: ValueData, values: list[str]) -> GateTexts:
 
 
 def extract_gate(lm: LoadedModel, data: ValueData, values: list[str], opts: ExtractOptions,
-                 show: bool, stage: StageCallback | None) -> Gate:
+                 show: bool, stage: StageCallback | None, *, use_cache: bool = True,
+                 resume: bool = True) -> Gate:
+    """The shallow-first gate search; each stage's forward pass resumes where the previous
+    one stopped (`resume=False`: from the embeddings, as before; same gate)."""
     sets = gate_texts(data, values)
     gate: Gate | None = None
+    staged = StagedCapture(lm, sets.texts, CaptureOptions(chat_template=True,
+                                                          batch_size=opts.batch_size),
+                           use_cache=use_cache, resume=resume)
     for group in gate_layer_stages(gate_candidate_layers(lm.num_layers)):
-        states = capture(lm, sets.texts, CaptureOptions(layers=tuple(group), chat_template=True,
-                                                        batch_size=opts.batch_size),
-                         show_progress=show, callback=_callback(stage, "gate"),
-                         description=f"capture gate (blocks {group[0]}-{group[-1]})")
+        states = staged.capture(group, show_progress=show, callback=_callback(stage, "gate"),
+                                description=f"capture gate (blocks {group[0]}-{group[-1]})")
         best = sets.fit(states, group)
         if gate is not None:
             # Earlier blocks win ties, as in one search over every candidate.
@@ -205,13 +210,25 @@ def extract_pack(
     opts: ExtractOptions | None = None,
     show_progress: bool = False,
     stage: StageCallback | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Pack:
-    """Build a vector pack for `values` (default: all 10) from the value data."""
+    """Build a vector pack for `values` (default: all 10) from the value data.
+
+    `timings`, when given, receives the seconds of each phase: "probes <value>", "gate"."""
     data = data or ValueData()
     opts = opts or ExtractOptions()
     values = values or list(VALUE_NAMES)
-    entries = {v: _probe_value(lm, data, v, opts, show_progress, stage) for v in values}
-    gate = extract_gate(lm, data, values, opts, show_progress, stage) if opts.with_gate else None
+    times = timings if timings is not None else {}
+    entries = {}
+    for v in values:
+        start = time.perf_counter()
+        entries[v] = _probe_value(lm, data, v, opts, show_progress, stage)
+        times[f"probes {v}"] = time.perf_counter() - start
+    gate = None
+    if opts.with_gate:
+        start = time.perf_counter()
+        gate = extract_gate(lm, data, values, opts, show_progress, stage)
+        times["gate"] = time.perf_counter() - start
     model = ModelInfo(lm.model_id, lm.fingerprint, lm.architecture, lm.hidden_size,
                       lm.num_layers)
     capture_info = {"reduce": "last", "chat_template": opts.recipe.chat_template,

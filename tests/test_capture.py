@@ -1,4 +1,5 @@
-"""Activation capture: batched equals one-at-a-time, cache hits are identical."""
+"""Activation capture: batched equals one-at-a-time, cache hits are identical, staged
+captures resume where they stopped."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from conva_mlx.models.loading import LoadedModel
-from conva_mlx.probes.capture import CaptureOptions, capture
+from conva_mlx.probes.capture import CaptureOptions, StagedCapture, capture
 
 TEXTS = [
     "I offered to carry my neighbour's groceries up the stairs.",
@@ -72,3 +73,40 @@ def test_templated_capture_with_shared_prefix_equals_full_passes(default_lm: Loa
     single = np.concatenate([
         capture(default_lm, [t], opts, use_cache=False, show_progress=False) for t in TEXTS])
     assert _close(shared, single)
+
+
+def test_staged_capture_resumes_and_equals_full_passes(tiny_lm: LoadedModel) -> None:
+    """Three stages over 4 blocks run 4 blocks per text, not 1 + 3 + 4, and each stage's
+    states are the ones a pass from the embeddings gives (the same batches and ops)."""
+    opts = CaptureOptions(batch_size=2)
+    staged = StagedCapture(tiny_lm, TEXTS, opts, use_cache=False)
+    stages = [[0], [1, 2], [3]]
+    got = [staged.capture(g, show_progress=False) for g in stages]
+    assert staged.blocks_run == 4
+    full = capture(tiny_lm, TEXTS, opts, use_cache=False, show_progress=False)
+    for group, states in zip(stages, got, strict=True):
+        assert states.shape == (len(TEXTS), len(group), tiny_lm.hidden_size)
+        assert np.array_equal(states, full[:, group])
+    # A stage at or before where the last one stopped cannot resume: a full pass.
+    again = staged.capture([1, 2], show_progress=False)
+    assert staged.blocks_run == 4 + 3
+    assert np.array_equal(again, full[:, [1, 2]])
+
+
+def test_staged_templated_capture_shares_the_disk_cache(default_lm: LoadedModel,
+                                                        tmp_path: Path) -> None:
+    """With a chat template (a shared prefix in the KV cache): resumed stages equal the
+    plain captures; a stage already on disk is read back, and a later stage still resumes
+    from the last one computed."""
+    opts = CaptureOptions(chat_template=True, batch_size=2)
+    groups = [[1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    plain = [capture(default_lm, TEXTS, CaptureOptions(layers=tuple(g), chat_template=True,
+                                                       batch_size=2),
+                     use_cache=False, show_progress=False) for g in groups]
+    capture(default_lm, TEXTS, CaptureOptions(layers=tuple(groups[1]), chat_template=True,
+                                              batch_size=2), show_progress=False)
+    staged = StagedCapture(default_lm, TEXTS, opts)
+    got = [staged.capture(g, show_progress=False) for g in groups]
+    assert staged.blocks_run == 3 + (10 - 3)  # blocks 0-2, the cached stage, then 3-9
+    for a, b in zip(got, plain, strict=True):
+        assert _close(a, b)

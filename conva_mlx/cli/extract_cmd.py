@@ -41,6 +41,20 @@ def accuracy_table(pack: Pack) -> Table:
     return table
 
 
+def timing_text(timings: dict[str, float], pack: Pack) -> str:
+    """Where the extraction's time went: the probes per value and the gate's stages."""
+    probes = [t for k, t in timings.items() if k.startswith("probes ")]
+    parts = []
+    if probes:
+        parts.append(f"probes {sum(probes):.0f} s ({len(probes)} value(s), "
+                     f"{min(probes):.0f}-{max(probes):.0f} s each; cached captures are free)")
+    if "gate" in timings and pack.gate is not None:
+        scored = sorted(pack.gate.layer_scores)
+        parts.append(f"gate {timings['gate']:.0f} s (blocks {scored[0]}-{scored[-1]} scored, "
+                     f"block {pack.gate.layer} chosen)")
+    return "time: " + "; ".join(parts) + f"; total {sum(timings.values()):.0f} s"
+
+
 def recipe_with_c(name: str, c_spec: str | None) -> Recipe:
     recipe = get_recipe(name)
     if c_spec is None:
@@ -110,7 +124,8 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
     opts = ExtractOptions(layers=parse_layers(layers_spec, lm.num_layers),
                           default_p0=default_p0, with_uncontrolled=not no_uncontrolled,
                           with_gate=not no_gate, recipe=recipe_with_c(recipe_name, c_spec))
-    pack = extract_pack(lm, values, data, opts, show_progress=True)
+    timings: dict[str, float] = {}
+    pack = extract_pack(lm, values, data, opts, show_progress=True, timings=timings)
     save_pack(pack, out_dir, overwrite=force)
     plot = plot_accuracy_by_layer({n: v.probes.accuracies for n, v in pack.values.items()},
                                   {n: v.layers for n, v in pack.values.items()},
@@ -128,4 +143,5 @@ def extract(model_spec: str, dtype: str, values_spec: str, data_dir: Path | None
         if g.by_kind:
             console.print("gate on held-out queries beyond dilemmas: " + gate_kind_text(g.by_kind))
     console.print(f"recipe {opts.recipe.name}: {opts.recipe.description}", style="dim")
+    console.print(timing_text(timings, pack), style="dim")
     console.print(f"pack written to {out_dir} (plot: {plot})")

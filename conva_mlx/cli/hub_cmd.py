@@ -40,8 +40,8 @@ def push(pack_dir: str, repo_id: str, private: bool, message: str | None,
 @click.argument("repo_id")
 @click.option("--revision", default=None, help="Branch, tag or commit.")
 @click.option("--model", "model_spec", default=None,
-              help="Also check that the pack fits this model ('default', a directory, "
-                   "a .gguf or a Hub id).")
+              help="Also check that the pack fits this model ('default', 'qwen2.5-0.5b', "
+                   "'qwen2.5-1.5b', a directory, a .gguf or a Hub id).")
 @click.option("--dtype", default="auto", show_default=True)
 def pull(repo_id: str, revision: str | None, model_spec: str | None, dtype: str) -> None:
     """Download a pack from the Hub (or use the local cache), verify it, print its path."""

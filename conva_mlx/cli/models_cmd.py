@@ -42,5 +42,5 @@ for _named in WHEEL_MODELS.values():
 @click.option("--force", is_flag=True, help="Replace the model directory already at --out.")
 def models_import_gguf(gguf_file: Path, out_dir: Path, force: bool) -> None:
     """Convert a Llama/Qwen2/Qwen3 GGUF (F32/F16/BF16, Q4_0-Q8_0, K-quants) to an MLX directory."""
-    out = import_gguf(gguf_file, out_dir, progress=log, overwrite=force)
+    out = import_gguf(gguf_file, out_dir, progress=log, overwrite=force, show_progress=True)
     click.echo(str(out))

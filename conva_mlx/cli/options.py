@@ -9,13 +9,15 @@ import click
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.loading import DTYPES
+from conva_mlx.models.wheel_models import WHEEL_MODELS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def model_option(f: F) -> F:
     f = click.option("--model", "model_spec", default="default", show_default=True,
-                     help="'default', a local MLX directory, a .gguf file or a Hub repo id.")(f)
+                     help="'default', " + ", ".join(f"'{n}'" for n in WHEEL_MODELS)
+                          + ", a local MLX directory, a .gguf file or a Hub repo id.")(f)
     f = click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
                      help="Compute dtype; auto = float32 on CPU for small models, "
                           "quantized on GPU.")(f)

