@@ -204,3 +204,13 @@ def test_choices_cli_refuses_bad_input(tmp_path: Path) -> None:
         res = CliRunner().invoke(cli, ["choices", "--out", str(tmp_path / "x"), *args])
         assert res.exit_code != 0
         assert msg in res.output and "Traceback" not in res.output
+
+
+def test_choices_refuses_a_folder_that_is_not_a_choices_run(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    res = CliRunner().invoke(cli, ["choices", "--methods", "none", "--values", "power",
+                                   "--n", "1", "--out", str(mine)])
+    assert res.exit_code != 0 and "is not empty" in res.output
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

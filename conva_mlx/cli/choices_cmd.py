@@ -13,6 +13,7 @@ from conva_mlx.cli.packs import load_model_for_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.choices import (
     CHOICE_METHODS,
+    CHOICES_RUN,
     FORMS,
     ChoiceOptions,
     ChoiceRun,
@@ -82,7 +83,7 @@ def choices(pack_spec: str | None, model_spec: str, dtype: str, values_spec: str
     """Shift of the model's choices on held-out dilemmas, per method and value."""
     from conva_mlx.data.dataset import ValueData
     from conva_mlx.evaluation.recipe_pack import ensure_recipe_pack
-    from conva_mlx.fsutil import cache_dir
+    from conva_mlx.fsutil import cache_dir, check_output_dir
     from conva_mlx.models.loading import load_model
     from conva_mlx.packs.pack import Pack, load_pack
     from conva_mlx.probes.recipe import get_recipe
@@ -97,6 +98,7 @@ def choices(pack_spec: str | None, model_spec: str, dtype: str, values_spec: str
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
     out = out_dir or _default_out(model_spec, form, split)
+    check_output_dir(out, CHOICES_RUN, force=True)  # before loading anything
     needs_pack = any(s.method in ("caa", "conva", "conva-nogate") for s in settings)
     if pack_spec is not None:
         given = load_pack(resolve_pack_path(pack_spec))

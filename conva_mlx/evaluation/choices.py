@@ -28,7 +28,7 @@ from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.stats import mean_ci, paired_shift
 from conva_mlx.evaluation.store import JsonlStore
-from conva_mlx.fsutil import atomic_write_json, atomic_write_text
+from conva_mlx.fsutil import OutputKind, atomic_write_json, atomic_write_text, check_output_dir
 from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import SteerConfig, SteeringSession, Target
@@ -41,6 +41,7 @@ Split = Literal["test", "calibration"]
 CHOICE_METHODS = ("none", "ica", "caa", "conva", "conva-nogate")
 LETTER_PREFIX = "("
 UNSTEERED = "-"  # the steered-value slot of the unsteered scores
+CHOICES_RUN = OutputKind("conva-mlx choices run", "choices-run.json", ())
 
 
 @dataclass(frozen=True)
@@ -430,6 +431,8 @@ def run_choices(run: ChoiceRun, opts: ChoiceOptions) -> dict[str, Any]:
         for v in opts.values:
             run.session.pack.value(v)
     items = load_choice_items(opts.values, opts.split, opts.n, run.data)
+    # A new or empty folder, or one holding a choices run (resumed): never a user's folder.
+    check_output_dir(run.out, CHOICES_RUN, force=True)
     run.out.mkdir(parents=True, exist_ok=True)
     _check_run(run)
     store = score_all(run, opts, items)
