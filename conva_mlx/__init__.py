@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "GenOptions": "conva_mlx.steering",
     "GenerationResult": "conva_mlx.steering",
     "StreamPiece": "conva_mlx.steering",
+    "ScoredPrompt": "conva_mlx.steering",
     "GateReport": "conva_mlx.steering",
     "LayerReport": "conva_mlx.steering",
     "steered": "conva_mlx.steering",
@@ -45,7 +46,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "VALUE_GROUPS", "VALUE_NAMES", "ConvaError", "ExtractOptions", "GateReport", "GenOptions",
-    "GenerationResult", "LayerReport", "LoadedModel", "Pack", "SteerConfig",
+    "GenerationResult", "LayerReport", "LoadedModel", "Pack", "ScoredPrompt", "SteerConfig",
     "SteeringSession", "StreamPiece", "Target", "__version__", "extract", "load_model",
     "load_pack", "open_pack", "parse_values", "resolve_pack_path", "save_pack", "steered",
 ]
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         GenerationResult,
         GenOptions,
         LayerReport,
+        ScoredPrompt,
         SteerConfig,
         SteeringSession,
         StreamPiece,

@@ -18,10 +18,10 @@ from conva_mlx.steering.config import (
 )
 from conva_mlx.steering.context import SteeringHandle, steered
 from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
-from conva_mlx.steering.session import Prepared, SteeringSession, StreamPiece
+from conva_mlx.steering.session import Prepared, ScoredPrompt, SteeringSession, StreamPiece
 
 __all__ = [
     "METHODS", "MODES", "GateReport", "GenOptions", "GenerationResult", "LayerReport",
-    "Method", "Mode", "Prepared", "SteerConfig", "SteeringHandle", "SteeringSession",
-    "StreamPiece", "Target", "ica_prefix", "parse_targets", "steered",
+    "Method", "Mode", "Prepared", "ScoredPrompt", "SteerConfig", "SteeringHandle",
+    "SteeringSession", "StreamPiece", "Target", "ica_prefix", "parse_targets", "steered",
 ]
