@@ -337,10 +337,12 @@ def test_a_non_streaming_client_that_gives_up_frees_its_row(server: str) -> None
     conn, path = _connect(server)
     conn.request("POST", f"{path}/completions", body=json.dumps(body).encode(),
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    deadline = time.time() + 30
+    deadline = time.time() + max(120.0, kept)  # a busy machine may be slow to admit it
     while not _get(server, "/health")["active_requests"] and time.time() < deadline:
         time.sleep(0.05)
-    assert _get(server, "/health")["active_requests"] == 1, "the request never started"
+    if _get(server, "/health")["active_requests"] != 1:
+        resp = conn.getresponse()
+        pytest.fail(f"the request never started: {resp.status} {resp.read()[:300]!r}")
     left = time.time()
     conn.close()  # give up without reading the reply
     while _get(server, "/health")["active_requests"] and time.time() - left < kept:
