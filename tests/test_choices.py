@@ -16,7 +16,9 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.choices import (
     ChoiceItem,
     MethodSetting,
+    letter_ids,
     letter_prompt,
+    letter_shares,
     load_choice_items,
     parse_settings,
     score_letter,
@@ -115,11 +117,22 @@ class _LetterBiased:
 def test_letter_form_asks_both_orders_and_a_pure_letter_bias_scores_one_half() -> None:
     item = ChoiceItem("x-d-002", "benevolence", "hedonism", "Help or relax?", HELP, RELAX)
     fake = _LetterBiased()
-    rows = score_letter(fake, [item], SteerConfig(method="none"), (1, 2))  # type: ignore[arg-type]
+    rows = score_letter(fake, [item], SteerConfig(method="none"), ([1], [2]))  # type: ignore[arg-type]
     assert fake.prompts == [letter_prompt(item, True), letter_prompt(item, False)]
     assert "(A) " + HELP in fake.prompts[0] and "(B) " + HELP in fake.prompts[1]
     assert rows[0]["score"] == pytest.approx(0.5)
     assert rows[0]["p_a"] > 0.9  # the bias itself is reported
+
+
+def test_letter_ids_take_the_bare_and_the_spaced_letter(default_lm: LoadedModel) -> None:
+    a, b = letter_ids(default_lm.tokenizer)
+    enc = default_lm.tokenizer.encode
+    assert enc("A", add_special_tokens=False)[0] in a and enc("B", add_special_tokens=False)[0] in b
+    assert not set(a) & set(b)
+    logits = mx.full((default_lm.tokenizer.vocab_size,), -30.0)
+    logits[a[-1]] = 2.0  # all of A's mass on one of its forms
+    logits[b[0]] = 2.0
+    assert letter_shares(logits, (a, b)) == pytest.approx(0.5)
 
 
 def test_intervals_narrow_with_more_dilemmas() -> None:

@@ -161,23 +161,32 @@ def letter_prompt(item: ChoiceItem, value_first: bool) -> str:
     return f"{item.prompt}\n\nChoices:\n(A) {a}\n(B) {b}"
 
 
-def letter_ids(tokenizer: Any) -> tuple[int, int]:
-    """Token ids of 'A' and 'B' right after '('."""
-    ids = []
+LetterIds = tuple[list[int], list[int]]
+
+
+def letter_ids(tokenizer: Any) -> LetterIds:
+    """Token ids of 'A' and of 'B' right after '(': the bare letter and, where the
+    tokenizer has one, the letter with a leading space (Qwen answers "( A" as often)."""
+    out: list[list[int]] = []
     for letter in "AB":
-        enc = tokenizer.encode(letter, add_special_tokens=False)
-        if len(enc) != 1:
+        ids = []
+        for form in (letter, f" {letter}"):
+            enc = tokenizer.encode(form, add_special_tokens=False)
+            if len(enc) == 1:
+                ids.append(int(enc[0]))
+        if not ids:
             raise ConvaError(f"the tokenizer has no single token for '{letter}'")
-        ids.append(int(enc[0]))
-    return ids[0], ids[1]
+        out.append(ids)
+    return out[0], out[1]
 
 
-def letter_shares(logits: mx.array, ids: tuple[int, int]) -> float:
-    """P(A) / (P(A) + P(B)) from next-token logits."""
-    pair = np.array(logits.astype(mx.float32))[list(ids)].astype(np.float64)
-    pair -= pair.max()
-    p = np.exp(pair)
-    return float(p[0] / p.sum())
+def letter_shares(logits: mx.array, ids: LetterIds) -> float:
+    """P(A) / (P(A) + P(B)) from next-token logits, each letter's forms summed."""
+    lg = np.array(logits.astype(mx.float32)).astype(np.float64)
+    top = lg.max()
+    pa = float(np.exp(lg[ids[0]] - top).sum())
+    pb = float(np.exp(lg[ids[1]] - top).sum())
+    return pa / (pa + pb)
 
 
 def _delta_norm(layers: list[Any]) -> float:
@@ -198,7 +207,7 @@ def score_likelihood(session: SteeringSession, items: list[ChoiceItem],
 
 
 def score_letter(session: SteeringSession, items: list[ChoiceItem], cfg: SteerConfig,
-                  ids: tuple[int, int]) -> list[dict[str, Any]]:
+                 ids: LetterIds) -> list[dict[str, Any]]:
     prompts = [letter_prompt(it, first) for it in items for first in (True, False)]
     scored = session.next_token_logits_batch(prompts, cfg, LETTER_PREFIX)
     out = []
@@ -273,7 +282,7 @@ def _check_run(run: ChoiceRun) -> None:
 def score_all(run: ChoiceRun, opts: ChoiceOptions, items: list[ChoiceItem]) -> JsonlStore:
     """Score what is missing, a batch of dilemmas (same setting and steered value) at a time."""
     store = JsonlStore(run.out / "choices.jsonl")
-    ids = letter_ids(run.session.lm.tokenizer) if opts.form == "letter" else (0, 0)
+    ids = letter_ids(run.session.lm.tokenizer) if opts.form == "letter" else ([], [])
     todo = []
     for setting, steered, its in _work(opts, items):
         missing = [it for it in its
