@@ -240,7 +240,7 @@ class ChatCounts(Protocol):
     retries: int
 
 
-class _Chat:
+class GeneratorChat:
     """One chat request of a generator, counted in its report."""
 
     def __init__(self, config: ChatSettings, report: ChatCounts, sleep: Sleep,
@@ -301,7 +301,7 @@ def generate_pairs(config: GenerateConfig, *, sleep: Sleep = time.sleep,
     remaining = config.n - len(existing)
     if remaining <= 0:
         return report
-    chat = _Chat(config, report, sleep, api_key)
+    chat = GeneratorChat(config, report, sleep, api_key)
     seen = [words(r["positive"]) for r in existing]
     recent = [str(r["positive"]) for r in existing]
     blocks = Counter(str(r.get("block", "")) for r in existing)

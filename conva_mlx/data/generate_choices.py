@@ -34,8 +34,8 @@ from conva_mlx.data.generate import (
     DEFAULT_KEY_ENV,
     DEFAULT_MODEL,
     SYSTEM_PROMPT,
+    GeneratorChat,
     Sleep,
-    _Chat,
     extract_json_object,
 )
 from conva_mlx.errors import ConvaError
@@ -236,7 +236,7 @@ def generate_choices(config: ChoicesConfig, *, sleep: Sleep = time.sleep,
     todo = [d for d in dilemmas if d["id"] not in done]
     if not todo:
         return report
-    chat = _Chat(config, report, sleep, api_key)
+    chat = GeneratorChat(config, report, sleep, api_key)
     used = {tuple(action_words(str(r[k]))): str(r["id"]) for r in existing
             for k in ("value_action", "competing_action")}
     with progress_bar(len(todo), "choices", show_progress, progress) as advance:
