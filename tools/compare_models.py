@@ -73,7 +73,8 @@ def decode_speed(name: str, pack_dir: Path, rounds: int, tokens: int) -> dict[st
     pack = load_pack(pack_dir)
     session = SteeringSession(lm, pack)
     p0 = pack.values["benevolence"].default_p0
-    configs = {"plain": SteerConfig(), "steered": SteerConfig([Target("benevolence", p0)])}
+    configs = {"plain": SteerConfig(method="none"),
+               "steered": SteerConfig([Target("benevolence", p0)])}
     opts = GenOptions(max_tokens=tokens)
     session.generate(PROMPT, configs["plain"], GenOptions(max_tokens=4))  # warm-up
     tps: dict[str, list[float]] = {k: [] for k in configs}
