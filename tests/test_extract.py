@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from conva_mlx.data.dataset import ValueData
-from conva_mlx.extraction import gate_candidate_layers, gate_layer_stages, gate_texts
+from conva_mlx.extraction import (
+    ExtractOptions,
+    gate_candidate_layers,
+    gate_layer_stages,
+    gate_texts,
+    spread,
+)
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.capture import CaptureOptions, capture
@@ -22,9 +28,32 @@ def test_gate_stages_partition_the_candidates_shallow_first(num_layers: int) -> 
         assert len(stages) == 3 and len(stages[0]) < len(candidates) / 3
 
 
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 10, 11, None])
+def test_spread_takes_n_items_evenly_in_order(n: int | None) -> None:
+    items = list(range(10))
+    got = spread(items, n)
+    assert got == (items if n is None or n >= 10 else sorted(set(got)))
+    assert len(got) == (10 if n is None else min(n, 10))
+    if n == 3:
+        assert got == [0, 3, 6]
+
+
+def test_the_gate_trains_on_fewer_related_pairs_and_tests_on_the_same_queries() -> None:
+    data = ValueData()
+    full = gate_texts(data, ["benevolence", "power"])
+    few = gate_texts(data, ["benevolence", "power"], 20)
+    assert (full.n_related, few.n_related) == (400, 80)
+    assert set(few.texts[:few.n_related]) <= set(full.texts[:full.n_related])
+    # Everything after the related sentences (dilemmas, queries, beyond) is unchanged.
+    assert few.texts[few.n_related:] == full.texts[full.n_related:]
+    assert (few.dilemma_test, few.query_splits[2].tolist()) == \
+        (full.dilemma_test, full.query_splits[2].tolist())
+
+
 def test_staged_gate_equals_full_search(default_lm: LoadedModel, small_pack: Pack) -> None:
     """small_pack's gate (staged search) is the gate of a search over all 27 candidates."""
-    sets = gate_texts(ValueData(), ["benevolence", "power"])
+    sets = gate_texts(ValueData(), ["benevolence", "power"],
+                      ExtractOptions().gate_related_pairs)
     layers = gate_candidate_layers(default_lm.num_layers)
     states = capture(default_lm, sets.texts,
                      CaptureOptions(layers=tuple(layers), chat_template=True),

@@ -6,6 +6,8 @@ the held-out precision/recall; the second must match the first within 0.02.
 
 Usage: .venv/bin/python tools/bench_gate.py [--model default|qwen2.5-0.5b|qwen2.5-1.5b]
        [--order resume-first]   (the first run may pay for cold weights; alternate)
+       [--related-pairs all,50,20]   (instead: held-out precision/recall of the gate
+       trained on that many related pairs per value, from one capture at every block)
 """
 
 from __future__ import annotations
@@ -48,11 +50,77 @@ def run(model: str, order: list[bool]) -> list[dict[str, Any]]:
     return rows
 
 
+def variants(model: str, pairs: list[int | None]) -> list[dict[str, Any]]:
+    """One capture of every gate text at every candidate block, then the gate each number
+    of related training pairs per value gives (a search over every candidate: the staged
+    search picks the same gate, tests/test_extract.py)."""
+    from conva_mlx.data.dataset import ValueData
+    from conva_mlx.extraction import gate_candidate_layers, gate_texts
+    from conva_mlx.models.loading import load_model
+    from conva_mlx.probes.capture import CaptureOptions, capture
+    from conva_mlx.values import VALUE_NAMES
+
+    lm = load_model(model)
+    data, values = ValueData(), list(VALUE_NAMES)
+    layers = gate_candidate_layers(lm.num_layers)
+    full = gate_texts(data, values)
+    t = time.perf_counter()
+    states = capture(lm, full.texts, CaptureOptions(layers=tuple(layers), chat_template=True))
+    print(json.dumps({"model": model, "capture_s": round(time.perf_counter() - t, 1),
+                      "texts": len(full.texts), "blocks": len(layers)}), flush=True)
+    row_of: dict[str, int] = {}
+    for i, text in enumerate(full.texts):
+        row_of.setdefault(text, i)
+    rows = []
+    for n in pairs:
+        sets = gate_texts(data, values, n)
+        gate = sets.fit(states[[row_of[x] for x in sets.texts]], layers)
+        rows.append({"model": model, "related_pairs": n or "all", "texts": len(sets.texts),
+                     "layer": gate.layer, "threshold": round(gate.threshold, 4),
+                     "precision": round(gate.metrics.precision, 4),
+                     "recall": round(gate.metrics.recall, 4),
+                     "calibration_f1": round(gate.layer_scores[gate.layer], 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def staged_variants(model: str, pairs: list[int | None]) -> list[dict[str, Any]]:
+    """The extraction's own staged gate search for each number of related pairs (disk
+    cache on: a search already run, e.g. by `extract`, is read back), timed."""
+    from conva_mlx.data.dataset import ValueData
+    from conva_mlx.extraction import ExtractOptions, extract_gate
+    from conva_mlx.models.loading import load_model
+    from conva_mlx.values import VALUE_NAMES
+
+    lm = load_model(model)
+    data, values = ValueData(), list(VALUE_NAMES)
+    rows = []
+    for n in pairs:
+        t = time.perf_counter()
+        gate = extract_gate(lm, data, values, ExtractOptions(gate_related_pairs=n), True, None)
+        rows.append({"model": model, "related_pairs": n or "all",
+                     "seconds": round(time.perf_counter() - t, 1), "layer": gate.layer,
+                     "blocks_scored": len(gate.layer_scores),
+                     "threshold": round(gate.threshold, 4),
+                     "precision": round(gate.metrics.precision, 4),
+                     "recall": round(gate.metrics.recall, 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--order", choices=["resume-last", "resume-first"], default="resume-last")
+    ap.add_argument("--related-pairs", default=None,
+                    help="instead: compare these related pairs per value, e.g. all,50,20")
+    ap.add_argument("--staged", action="store_true",
+                    help="with --related-pairs: run the staged search itself per variant")
     args = ap.parse_args()
+    if args.related_pairs:
+        pairs = [None if x == "all" else int(x) for x in args.related_pairs.split(",")]
+        (staged_variants if args.staged else variants)(args.model, pairs)
+        return
     order = [False, True] if args.order == "resume-last" else [True, False]
     rows = run(args.model, order)
     a, b = rows

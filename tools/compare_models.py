@@ -73,7 +73,8 @@ def decode_speed(name: str, pack_dir: Path, rounds: int, tokens: int) -> dict[st
     pack = load_pack(pack_dir)
     session = SteeringSession(lm, pack)
     p0 = pack.values["benevolence"].default_p0
-    configs = {"plain": SteerConfig(), "steered": SteerConfig([Target("benevolence", p0)])}
+    configs = {"plain": SteerConfig(method="none"),
+               "steered": SteerConfig([Target("benevolence", p0)])}
     opts = GenOptions(max_tokens=tokens)
     session.generate(PROMPT, configs["plain"], GenOptions(max_tokens=4))  # warm-up
     tps: dict[str, list[float]] = {k: [] for k in configs}
@@ -115,6 +116,39 @@ def plot_depth(summaries: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def markdown(summaries: list[dict[str, Any]]) -> str:
+    """The docs tables: the models, then best probe accuracy (block) and steered blocks."""
+    head = "| | " + " | ".join(f"`{s['name']}`" for s in summaries) + " |"
+    rule = "|---" * (len(summaries) + 1) + "|"
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines = [head, rule,
+             row("blocks, hidden", [f"{s['blocks']}, {s['hidden']}" for s in summaries]),
+             row("gate: block, held-out precision / recall",
+                 [f"{g['layer']}, {g['precision']:.3f} / {g['recall']:.3f}" if g else "-"
+                  for g in (s["gate"] for s in summaries)]),
+             row("similarity block; neighbours / opposites mean cosine; Spearman rho",
+                 [f"{m['layer']}; {m['neighbour_mean']:+.3f} / {m['opposite_mean']:+.3f}; "
+                  f"{m['spearman']:+.2f}" for m in (s["similarity"] for s in summaries)])]
+    if all("decode" in s for s in summaries):
+        lines.append(row("decode tok/s plain / steered (median)",
+                         [f"{d['plain_tps']:.1f} / {d['steered_tps']:.1f}"
+                          for d in (s["decode"] for s in summaries)]))
+    lines += ["", "| value | " + " | ".join(f"`{s['name']}` best (block); steered"
+                                            for s in summaries) + " |",
+              "|---" * (len(summaries) + 1) + "|"]
+    for v in summaries[0]["values"]:
+        cells = []
+        for s in summaries:
+            e = s["values"][v]
+            cells.append(f"{e['best_acc']:.2f} ({e['best_block']}); "
+                         + ", ".join(str(k) for k in e["steered"]))
+        lines.append(row(v, cells))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, help="NAME=PACK_DIR")
@@ -133,6 +167,7 @@ def main() -> None:
         summaries.append(s)
         print(json.dumps({k: v for k, v in s.items() if k != "mean_acc_by_block"}), flush=True)
     plot_depth(summaries, args.docs / "models_probe_depth.png")
+    print(markdown(summaries))
     if args.json:
         args.json.write_text(json.dumps(summaries, indent=1))
 
