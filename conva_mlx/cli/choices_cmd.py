@@ -101,10 +101,11 @@ def choices(pack_spec: str | None, model_spec: str, dtype: str, values_spec: str
     check_output_dir(out, CHOICES_RUN, force=True)  # before loading anything
     needs_pack = any(s.method in ("caa", "conva", "conva-nogate") for s in settings)
     if pack_spec is not None:
-        given = load_pack(resolve_pack_path(pack_spec))
+        given_path = resolve_pack_path(pack_spec)
+        given = load_pack(given_path)
         lm = load_model_for_pack(model_spec, dtype, given)
         pack: Pack | None = given
-        pack_path: Path | None = resolve_pack_path(pack_spec)
+        pack_path: Path | None = given_path
     else:
         lm = load_model(model_spec, dtype)
         pack, pack_path = None, None

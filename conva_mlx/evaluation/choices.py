@@ -27,7 +27,7 @@ import numpy as np
 from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.stats import mean_ci, paired_shift
-from conva_mlx.evaluation.store import JsonlStore
+from conva_mlx.evaluation.store import JsonlStore, saved_settings
 from conva_mlx.fsutil import OutputKind, atomic_write_json, atomic_write_text, check_output_dir
 from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.progress import progress_bar
@@ -263,20 +263,13 @@ def _check_run(run: ChoiceRun) -> None:
     lm, pack = run.session.lm, run.session.pack
     want = {"model_fingerprint": lm.fingerprint,
             "pack_sha256": pack.digest() if pack is not None else None}
-    path = run.out / "choices-run.json"
-    if path.is_file():
-        try:
-            have = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConvaError(f"{path}: unreadable ({exc}); remove it or use another --out"
-                             ) from exc
+    have = saved_settings(run.out / "choices-run.json", want)
+    if have is not None:
         diff = [k for k, v in want.items() if have.get(k) != v]
         if diff:
             raise ConvaError(f"{run.out} holds choice scores of another "
                              f"{' and '.join(k.split('_')[0] for k in diff)}; use another "
                              "--out")
-        return
-    atomic_write_json(path, want)
 
 
 def score_all(run: ChoiceRun, opts: ChoiceOptions, items: list[ChoiceItem]) -> JsonlStore:

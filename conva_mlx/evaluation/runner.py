@@ -24,7 +24,7 @@ import numpy as np
 from conva_mlx.data.dataset import ValueData, read_jsonl
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judges import Judge
-from conva_mlx.evaluation.store import JsonlStore
+from conva_mlx.evaluation.store import JsonlStore, saved_settings
 from conva_mlx.fsutil import (
     OutputKind,
     atomic_write_json,
@@ -479,21 +479,14 @@ def check_run_dir(out: Path) -> Path:
 
 def check_run_settings(ctx: EvalContext, opts: EvalOptions) -> None:
     """Refuse to mix generations made with other settings into one output directory."""
-    path = ctx.out / "run.json"
     want = generation_settings(ctx, opts)
-    if path.is_file():
-        try:
-            have = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConvaError(f"{path}: unreadable ({exc}); remove it or use another --out"
-                             ) from exc
+    have = saved_settings(ctx.out / "run.json", want)
+    if have is not None:
         diff = [f"{k}={have.get(k)!r} (now {v!r})" for k, v in want.items()
                 if have.get(k) != v]
         if diff:
             raise ConvaError(f"{ctx.out} holds generations made with other settings: "
                              + ", ".join(diff) + "; use another --out or the same settings")
-        return
-    atomic_write_json(path, want)
 
 
 def run_eval(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conva_mlx.fsutil import append_jsonl, repair_jsonl_tail
+from conva_mlx.errors import ConvaError
+from conva_mlx.fsutil import append_jsonl, atomic_write_json, repair_jsonl_tail
 
 
 class JsonlStore:
@@ -35,3 +36,18 @@ class JsonlStore:
     def append(self, record: dict[str, Any]) -> None:
         append_jsonl(self.path, record)
         self.records[record["key"]] = record
+
+
+def saved_settings(path: Path, want: dict[str, Any]) -> dict[str, Any] | None:
+    """The settings a run directory was started with (its manifest at `path`), or None
+    after writing `want` there when the run is new. A run compares them with `want` to
+    refuse mixing records made with other settings into one directory."""
+    if not path.is_file():
+        atomic_write_json(path, want)
+        return None
+    try:
+        have: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConvaError(f"{path}: unreadable ({exc}); remove it or use another --out"
+                         ) from exc
+    return have
