@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "extract": "conva_mlx.extraction",
     "ExtractOptions": "conva_mlx.extraction",
     "SteeringSession": "conva_mlx.steering",
+    "DEFAULT_METHOD": "conva_mlx.steering",
+    "ExpectedEffect": "conva_mlx.steering",
     "SteerConfig": "conva_mlx.steering",
     "Target": "conva_mlx.steering",
     "GenOptions": "conva_mlx.steering",
@@ -45,10 +47,32 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "VALUE_GROUPS", "VALUE_NAMES", "ConvaError", "ExtractOptions", "GateReport", "GenOptions",
-    "GenerationResult", "LayerReport", "LoadedModel", "Pack", "ScoredPrompt", "SteerConfig",
-    "SteeringSession", "StreamPiece", "Target", "__version__", "extract", "load_model",
-    "load_pack", "open_pack", "parse_values", "resolve_pack_path", "save_pack", "steered",
+    "DEFAULT_METHOD",
+    "VALUE_GROUPS",
+    "VALUE_NAMES",
+    "ConvaError",
+    "ExpectedEffect",
+    "ExtractOptions",
+    "GateReport",
+    "GenOptions",
+    "GenerationResult",
+    "LayerReport",
+    "LoadedModel",
+    "Pack",
+    "ScoredPrompt",
+    "SteerConfig",
+    "SteeringSession",
+    "StreamPiece",
+    "Target",
+    "__version__",
+    "extract",
+    "load_model",
+    "load_pack",
+    "open_pack",
+    "parse_values",
+    "resolve_pack_path",
+    "save_pack",
+    "steered",
 ]
 
 if TYPE_CHECKING:
@@ -58,6 +82,8 @@ if TYPE_CHECKING:
     from conva_mlx.packs.pack import Pack, load_pack, save_pack
     from conva_mlx.sharing.pack_source import open_pack, resolve_pack_path
     from conva_mlx.steering import (
+        DEFAULT_METHOD,
+        ExpectedEffect,
         GateReport,
         GenerationResult,
         GenOptions,

@@ -77,7 +77,8 @@ def _pair_states(lm: LoadedModel, data: ValueData, value: str, controlled: bool,
 
 
 def _probe_value(lm: LoadedModel, data: ValueData, value: str, opts: ExtractOptions,
-                 show: bool, stage: StageCallback | None) -> ValueEntry:
+                 show: bool, stage: StageCallback | None) -> tuple[ValueEntry, np.ndarray]:
+    """The value's probes and settings, and its positive sentences' mean state per block."""
     recipe = opts.recipe
     def fit(pos: np.ndarray, neg: np.ndarray) -> ProbeSet:
         return train_probes(pos, neg, test_fraction=opts.test_fraction, seed=opts.seed,
@@ -98,7 +99,25 @@ def _probe_value(lm: LoadedModel, data: ValueData, value: str, opts: ExtractOpti
         npos, nneg = _pair_states(lm, data, value, False, opts, show, stage)
         uncontrolled = fit(npos, nneg)
     p0 = opts.default_p0 if opts.default_p0 is not None else recipe.p0_for(value)
-    return ValueEntry(value, probes, layers, p0, note, uncontrolled)
+    return ValueEntry(value, probes, layers, p0, note, uncontrolled), pos.mean(axis=0)
+
+
+def contrast_vectors(positive_means: dict[str, np.ndarray], mean_diffs: dict[str, np.ndarray]
+                     ) -> dict[str, np.ndarray]:
+    """Per value and block: its positive sentences' mean state minus the other values'
+    (one value against the rest, not against its own negation), rescaled to the norm of
+    its mean difference at that block so a push along it is as large as CAA's. Empty for
+    fewer than two values."""
+    if len(positive_means) < 2:
+        return {}
+    out = {}
+    for v, mean in positive_means.items():
+        rest = np.mean([m for u, m in positive_means.items() if u != v], axis=0)
+        d = mean - rest
+        norm = np.linalg.norm(mean_diffs[v], axis=-1, keepdims=True)
+        out[v] = (d * norm / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
+                  ).astype(np.float32)
+    return out
 
 
 def gate_candidate_layers(num_layers: int) -> list[int]:
@@ -238,10 +257,14 @@ def extract_pack(
     values = values or list(VALUE_NAMES)
     times = timings if timings is not None else {}
     entries = {}
+    positive_means = {}
     for v in values:
         start = time.perf_counter()
-        entries[v] = _probe_value(lm, data, v, opts, show_progress, stage)
+        entries[v], positive_means[v] = _probe_value(lm, data, v, opts, show_progress, stage)
         times[f"probes {v}"] = time.perf_counter() - start
+    for v, c in contrast_vectors(positive_means,
+                                 {v: e.probes.caa for v, e in entries.items()}).items():
+        entries[v].contrast = c
     gate = None
     if opts.with_gate:
         start = time.perf_counter()

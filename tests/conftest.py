@@ -50,3 +50,13 @@ def small_pack(default_lm: LoadedModel) -> Pack:
 @pytest.fixture(scope="session")
 def small_pack_dir(small_pack: Pack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_pack(small_pack, tmp_path_factory.mktemp("packs") / "small")
+
+
+@pytest.fixture(scope="session")
+def full_pack_dir(default_lm: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's pack for all 10 values (the default recipe, no ablation probes),
+    saved and so loaded with the calibration conva-mlx ships for it."""
+    from conva_mlx.values import VALUE_NAMES
+
+    pack = extract_pack(default_lm, list(VALUE_NAMES), opts=ExtractOptions())
+    return save_pack(pack, tmp_path_factory.mktemp("packs") / "full")

@@ -238,7 +238,8 @@ def test_presets_round_trip(tmp_path: Path) -> None:
     assert t.to_json() == s.to_json()
     assert [(x.value, x.p0, x.away) for x in t.targets()] == [("power", 0.95, True),
                                                               ("benevolence", 0.97, False)]
-    assert t.steer_config().method == "conva" and ChatSettings().steer_config().method == "none"
+    assert t.steer_config().method == "calibrated"
+    assert ChatSettings().steer_config().method == "none"
 
 
 def test_transcript_records_the_settings_of_every_turn() -> None:

@@ -190,6 +190,9 @@ class ChatApp(App[None]):
                 remember_pack(self.state_dir, self.lm.fingerprint, path)
             except OSError as exc:
                 self.notify(f"could not remember the pack: {exc}", severity="warning")
+        if pack.calibration is not None:
+            self.settings.use_levels({v: c.effect_at(1.0)
+                                      for v, c in pack.calibration.values.items()})
         for name, setting in self.settings.values.items():
             if name not in pack.values:
                 setting.direction = "off"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from conva_mlx import VALUE_GROUPS, VALUE_NAMES, SteerConfig, Target
+from conva_mlx import DEFAULT_METHOD, VALUE_GROUPS, VALUE_NAMES, SteerConfig, Target
 
-Direction = Literal["off", "toward", "away"]
-DIRECTIONS: tuple[Direction, ...] = ("off", "toward", "away")
+Stance = Literal["off", "toward", "away"]  # what the chat does with one value
+STANCES: tuple[Stance, ...] = ("off", "toward", "away")
 P0_MIN, P0_MAX, P0_STEP = 0.50, 0.99, 0.01
 DEFAULT_P0 = 0.95
 
@@ -38,11 +38,13 @@ def shared_groups(value: str) -> list[str]:
 
 @dataclass
 class ValueSetting:
-    direction: Direction = "off"
+    direction: Stance = "off"
+    # The level the value should reach: for the calibrated method (the chat's) the share of
+    # held-out dilemmas that should favour it; the pack's calibrated level by default.
     p0: float = DEFAULT_P0
 
     def cycle(self) -> None:
-        self.direction = DIRECTIONS[(DIRECTIONS.index(self.direction) + 1) % len(DIRECTIONS)]
+        self.direction = STANCES[(STANCES.index(self.direction) + 1) % len(STANCES)]
 
 
 @dataclass
@@ -62,8 +64,14 @@ class ChatSettings:
     def steer_config(self) -> SteerConfig:
         """The session config; with no value chosen the reply is plain (method none)."""
         targets = self.targets()
-        return SteerConfig(targets=targets, method="conva" if targets else "none",
+        return SteerConfig(targets=targets, method=DEFAULT_METHOD if targets else "none",
                            mode=self.mode, gate=self.gate)
+
+    def use_levels(self, levels: dict[str, float]) -> None:
+        """Start each value at the level its calibration expects at strength 1."""
+        for name, level in levels.items():
+            if name in self.values:
+                self.values[name].p0 = clamp_p0(level)
 
     def describe(self) -> str:
         """One line for the status bar and the transcript."""
@@ -86,7 +94,7 @@ class ChatSettings:
         for name, setting in self.values.items():
             raw = values.get(name, {})
             direction = raw.get("direction", "off")
-            setting.direction = direction if direction in DIRECTIONS else "off"
+            setting.direction = direction if direction in STANCES else "off"
             setting.p0 = clamp_p0(float(raw.get("p0", DEFAULT_P0)))
         self.gate = bool(data.get("gate", self.gate))
         mode = data.get("mode", self.mode)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
-from conva_mlx.cli.options import log, model_option
-from conva_mlx.cli.packs import load_model_for_pack
+from conva_mlx.cli.options import log, model_option, parse_floats
+from conva_mlx.cli.packs import model_and_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.choices import (
     CHOICE_METHODS,
     CHOICES_RUN,
     FORMS,
+    PACK_SETTINGS,
     ChoiceOptions,
     ChoiceRun,
     json_summary,
@@ -23,18 +24,6 @@ from conva_mlx.evaluation.choices import (
 )
 from conva_mlx.steering.config import MODES
 from conva_mlx.values import parse_values
-
-
-def _floats(spec: str | None, what: str) -> list[float] | None:
-    if spec is None:
-        return None
-    try:
-        out = [float(x) for x in spec.split(",") if x.strip()]
-    except ValueError as exc:
-        raise ConvaError(f"{what} must be comma-separated numbers, got '{spec}'") from exc
-    if not out:
-        raise ConvaError(f"{what} is empty")
-    return out
 
 
 def _default_out(model_spec: str, form: str, split: str) -> Path:
@@ -51,7 +40,8 @@ def _default_out(model_spec: str, form: str, split: str) -> Path:
               help="'all' or a comma-separated list of values.")
 @click.option("--methods", "methods_spec", default="none,ica,caa,conva", show_default=True,
               help="Comma-separated: " + ", ".join(CHOICE_METHODS)
-                   + "; a method may carry its strength ('caa:2', 'conva:0.99').")
+                   + "; a method may carry its strength ('caa:2', 'conva:0.99', "
+                     "'calibrated:1.5').")
 @click.option("--mode", type=click.Choice(MODES), default=None,
               help="ConVA's mode (default prompt).")
 @click.option("--p0", type=float, default=None,
@@ -81,17 +71,11 @@ def choices(pack_spec: str | None, model_spec: str, dtype: str, values_spec: str
             strengths_spec: str | None, split: str, form: str, n: int | None, leakage: bool,
             batch_size: int, out_dir: Path | None, as_json: bool) -> None:
     """Shift of the model's choices on held-out dilemmas, per method and value."""
-    from conva_mlx.data.dataset import ValueData
-    from conva_mlx.evaluation.recipe_pack import ensure_recipe_pack
-    from conva_mlx.fsutil import cache_dir, check_output_dir
-    from conva_mlx.models.loading import load_model
-    from conva_mlx.packs.pack import Pack, load_pack
-    from conva_mlx.probes.recipe import get_recipe
-    from conva_mlx.sharing.pack_source import resolve_pack_path
+    from conva_mlx.fsutil import check_output_dir
     from conva_mlx.steering import SteeringSession
 
     values = parse_values(values_spec)
-    settings = parse_settings(methods_spec, _floats(strengths_spec, "--strengths"),
+    settings = parse_settings(methods_spec, parse_floats(strengths_spec, "--strengths"),
                               caa_coef, p0)
     if n is not None and n < 1:
         raise ConvaError("--n must be at least 1")
@@ -99,21 +83,8 @@ def choices(pack_spec: str | None, model_spec: str, dtype: str, values_spec: str
         raise ConvaError("--batch-size must be at least 1")
     out = out_dir or _default_out(model_spec, form, split)
     check_output_dir(out, CHOICES_RUN, force=True)  # before loading anything
-    needs_pack = any(s.method in ("caa", "conva", "conva-nogate") for s in settings)
-    if pack_spec is not None:
-        given_path = resolve_pack_path(pack_spec)
-        given = load_pack(given_path)
-        lm = load_model_for_pack(model_spec, dtype, given)
-        pack: Pack | None = given
-        pack_path: Path | None = given_path
-    else:
-        lm = load_model(model_spec, dtype)
-        pack, pack_path = None, None
-        if needs_pack:
-            where = cache_dir() / "packs" / lm.fingerprint[:16]
-            log(f"no --pack: using the model's cached pack in {where} (extracted once)")
-            pack, pack_path = ensure_recipe_pack(lm, get_recipe("accuracy"), where, values,
-                                                 ValueData(), with_uncontrolled=False)
+    needs_pack = any(s.method in PACK_SETTINGS for s in settings)
+    lm, pack, pack_path = model_and_pack(pack_spec, model_spec, dtype, needs_pack)
     session = SteeringSession(lm, pack)
     opts = ChoiceOptions(values=values, settings=settings, form=form,  # type: ignore[arg-type]
                          split=split, n=n, mode=mode,  # type: ignore[arg-type]

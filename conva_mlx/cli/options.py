@@ -38,3 +38,16 @@ def check_text(text: str, what: str) -> str:
     if not text.strip():
         raise ConvaError(f"{what} is empty")
     return text
+
+
+def parse_floats(spec: str | None, what: str) -> list[float] | None:
+    """'0.5,1,2' -> [0.5, 1.0, 2.0] (None stays None); one clear error otherwise."""
+    if spec is None:
+        return None
+    try:
+        out = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ConvaError(f"{what} must be comma-separated numbers, got '{spec}'") from exc
+    if not out:
+        raise ConvaError(f"{what} is empty")
+    return out

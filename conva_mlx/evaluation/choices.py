@@ -32,13 +32,14 @@ from conva_mlx.fsutil import OutputKind, atomic_write_json, atomic_write_text, c
 from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import SteerConfig, SteeringSession, Target
-from conva_mlx.steering.config import Mode
+from conva_mlx.steering.config import MAX_STRENGTH, Mode
 from conva_mlx.values import VALUE_NAMES
 
 Form = Literal["likelihood", "letter"]
 FORMS: tuple[str, ...] = get_args(Form)
 Split = Literal["test", "calibration"]
-CHOICE_METHODS = ("none", "ica", "caa", "conva", "conva-nogate")
+CHOICE_METHODS = ("none", "ica", "calibrated", "caa", "conva", "conva-nogate")
+PACK_SETTINGS = ("calibrated", "caa", "conva", "conva-nogate")  # methods that need a pack
 LETTER_PREFIX = "("
 UNSTEERED = "-"  # the steered-value slot of the unsteered scores
 CHOICES_RUN = OutputKind("conva-mlx choices run", "choices-run.json", ())
@@ -88,8 +89,8 @@ class MethodSetting:
     def label(self) -> str:
         if self.strength is None:
             return self.method
-        if self.method == "caa":
-            return f"caa x{self.strength:g}"
+        if self.method in ("caa", "calibrated"):
+            return f"{self.method} x{self.strength:g}"
         return f"{self.method} P0 {self.strength:g}"
 
     @property
@@ -102,6 +103,9 @@ class MethodSetting:
         if self.method == "caa":
             return SteerConfig([Target(value)], method="caa",
                                caa_coef=1.0 if self.strength is None else self.strength)
+        if self.method == "calibrated":
+            return SteerConfig([Target(value)], method="calibrated",
+                               strength=1.0 if self.strength is None else self.strength)
         return SteerConfig([Target(value, self.strength)], method="conva",
                            gate=self.method == "conva", mode=mode or "prompt")
 
@@ -111,6 +115,9 @@ def _check_strength(method: str, strength: float) -> None:
         raise ConvaError(f"method {method} takes no strength")
     if method == "caa" and not (np.isfinite(strength) and strength > 0):
         raise ConvaError(f"CAA's strength is a coefficient > 0, got {strength:g}")
+    if method == "calibrated" and not 0 < strength <= MAX_STRENGTH:
+        raise ConvaError(f"the calibrated method's strength is in (0, {MAX_STRENGTH:g}] "
+                         f"(1 = the calibrated push), got {strength:g}")
     if method.startswith("conva") and not 0.5 <= strength < 1.0:
         raise ConvaError(f"ConVA's strength is P0 in [0.5, 1), got {strength:g}")
 
@@ -233,6 +240,7 @@ class ChoiceOptions:
     mode: Mode | None = None  # ConVA's mode; None = prompt
     batch_size: int = 16
     leakage: bool = False  # score every steered value on every value's dilemmas
+    ids: frozenset[str] | None = None  # only these dilemmas (None = the half's first n)
     show_progress: bool = True
     progress: Callable[[int, int], None] | None = None
 
@@ -425,14 +433,15 @@ def run_choices(run: ChoiceRun, opts: ChoiceOptions) -> dict[str, Any]:
         raise ConvaError("choose at least one value")
     if opts.batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
-    needs_pack = [s.label for s in opts.settings if s.method in ("caa", "conva",
-                                                                  "conva-nogate")]
+    needs_pack = [s.label for s in opts.settings if s.method in PACK_SETTINGS]
     if needs_pack and run.session.pack is None:
         raise ConvaError(f"{', '.join(needs_pack)} need a pack (--pack)")
     if run.session.pack is not None and needs_pack:
         for v in opts.values:
             run.session.pack.value(v)
     items = load_choice_items(opts.values, opts.split, opts.n, run.data)
+    if opts.ids is not None:
+        items = [it for it in items if it.id in opts.ids]
     # A new or empty folder, or one holding a choices run (resumed): never a user's folder.
     check_output_dir(run.out, CHOICES_RUN, force=True)
     run.out.mkdir(parents=True, exist_ok=True)

@@ -44,13 +44,14 @@ from conva_mlx.values import check_value
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "none": {"method": "none"},
     "ica": {"method": "ica"},
+    "calibrated": {"method": "calibrated", "gate": True},
     "caa": {"method": "caa"},
     "conva": {"method": "conva", "gate": True},
     "conva-nogate": {"method": "conva", "gate": False},
     "conva-uncontrolled": {"method": "conva", "gate": True, "probes": "uncontrolled"},
 }
 EVAL_METHODS: tuple[str, ...] = tuple(METHOD_SETTINGS)
-GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva")
+GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva", "calibrated")
 ANSWER_CUE = "Answer:"
 T = TypeVar("T")
 

@@ -21,6 +21,7 @@ from conva_mlx import __version__
 from conva_mlx.errors import ConvaError, warn
 from conva_mlx.fsutil import OutputKind, atomic_write_json, sha256_file, staged_output_dir
 from conva_mlx.models.layers import LAYER_CONVENTION
+from conva_mlx.packs.calibration import Calibration, find_calibration
 from conva_mlx.packs.schema import Fields, check_checksum, check_layers, check_value_name
 from conva_mlx.probes.gate import Gate, GateMetrics
 from conva_mlx.probes.linear import ProbeSet
@@ -43,6 +44,10 @@ class ValueEntry:
     selection_note: str = ""
     uncontrolled: ProbeSet | None = None  # probes from the uncontrolled pairs (ablation)
     fixed_scale: float | None = None  # imported control vectors: no probe, fixed strength
+    # (layers, hidden): this value's positive sentences against the other values' (at the
+    # mean difference's norm per block): the calibrated method's direction. None in packs
+    # of one value or made before it existed (the calibrated method then uses `caa`).
+    contrast: np.ndarray | None = None
 
 
 @dataclass
@@ -64,6 +69,10 @@ class Pack:
                                                              "chat_template": False})
     extra: dict[str, Any] = field(default_factory=dict)
     recipe: Recipe = LEGACY_RECIPE  # packs without a recorded recipe were made with it
+    # What the calibrated method pushes and what its strengths mean (calibration.json, or
+    # the shipped one for this model, dataset and recipe); None = not calibrated.
+    calibration: Calibration | None = None
+    calibration_source: str = ""
 
     def check_model(self, model_id: str, fingerprint: str) -> None:
         if fingerprint != self.model.fingerprint:
@@ -83,6 +92,11 @@ class Pack:
                 if probes is not None:
                     for arr in (probes.weights, probes.biases, probes.caa):
                         h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+            if v.contrast is not None:
+                h.update(np.ascontiguousarray(v.contrast, dtype=np.float32).tobytes())
+        if self.calibration is not None:  # the calibrated method's pushes
+            h.update(json.dumps({v: c.mix for v, c in sorted(self.calibration.values.items())},
+                                sort_keys=True).encode())
         if self.gate is not None:
             g = self.gate
             h.update(json.dumps([g.layer, g.bias, g.threshold]).encode())
@@ -129,7 +143,8 @@ def pack_to_json(pack: Pack) -> dict[str, Any]:
     for name, v in pack.values.items():
         values[name] = {"layers": v.layers, "default_p0": v.default_p0,
                         "selection": v.selection_note, **_probe_meta(v.probes),
-                        "has_uncontrolled": v.uncontrolled is not None}
+                        "has_uncontrolled": v.uncontrolled is not None,
+                        "has_contrast": v.contrast is not None}
         if v.fixed_scale is not None:
             values[name]["fixed_scale"] = v.fixed_scale
     gate = None
@@ -171,6 +186,8 @@ def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
         tensors.update(_probe_tensors(name, v.probes))
         if v.uncontrolled is not None:
             tensors.update(_probe_tensors(f"{name}.uncontrolled", v.uncontrolled))
+        if v.contrast is not None:
+            tensors[f"{name}.contrast"] = v.contrast
     if pack.gate is not None:
         tensors["gate.weight"] = pack.gate.weight
     tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in tensors.items()}
@@ -188,6 +205,18 @@ def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
 
 
 _PROBE_PARTS = ("weight", "bias", "accuracy", "train_accuracy", "caa")
+
+
+def _load_tensor(t: dict[str, np.ndarray], key: str, where: str, shape: tuple[int, ...]
+                 ) -> np.ndarray:
+    if key not in t:
+        raise ConvaError(f"{where}: tensor {key} is missing")
+    arr = t[key]
+    if arr.shape != shape:
+        raise ConvaError(f"{where}: {key} has shape {arr.shape}, expected {shape}")
+    if not np.isfinite(arr).all():
+        raise ConvaError(f"{where}: tensor {key} contains NaN or infinite values")
+    return arr
 
 
 def _load_probe(t: dict[str, np.ndarray], prefix: str, where: str, hidden: int,
@@ -336,9 +365,14 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
         if has_uncontrolled:
             expected |= {f"{prefix}.{k}" for k in _PROBE_PARTS}
         fixed = v.number("fixed_scale") if v.has("fixed_scale") else None
+        contrast = None
+        if v.boolean("has_contrast"):
+            contrast = _load_tensor(tensors, f"{name}.contrast", str(vec_file),
+                                    (model.num_layers, model.hidden_size))
+            expected.add(f"{name}.contrast")
         values[name] = ValueEntry(name, probes, v.layers("layers", model.num_layers),
                                   v.number("default_p0"), v.string("selection", ""),
-                                  uncontrolled, fixed)
+                                  uncontrolled, fixed, contrast)
         check_entry(values[name], model.num_layers, where)
     gate = None
     if meta.has("gate"):
@@ -369,5 +403,15 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
     _check_binding(meta, header_meta, model, vec_file, expected, tensors)
     recipe = (Recipe.from_json(meta.object("recipe"), f"{meta.where} (recipe)")
               if meta.has("recipe") else LEGACY_RECIPE)
-    return Pack(model, values, gate, meta.string("dataset_hash", ""),
-                meta.object("capture", {}), meta.object("extra", {}), recipe)
+    dataset_hash = meta.string("dataset_hash", "")
+    calibration, source = find_calibration(root, model.fingerprint, dataset_hash, recipe.name)
+    if calibration is not None:
+        unknown = sorted(({k for c in calibration.values.values() for k in c.mix}
+                          | set(calibration.values)) - set(values))
+        if unknown and source.startswith("shipped"):
+            calibration, source = None, ""  # made for the full pack; this one has fewer values
+        elif unknown:
+            raise ConvaError(f"{source}: calibrates values this pack does not have "
+                             f"({', '.join(unknown)}); re-run `conva-mlx calibrate`")
+    return Pack(model, values, gate, dataset_hash, meta.object("capture", {}),
+                meta.object("extra", {}), recipe, calibration, source)

@@ -18,9 +18,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from conva_mlx.errors import ConvaError
+from conva_mlx.packs.pack import Pack
 from conva_mlx.serving import protocol
 from conva_mlx.serving.batcher import ContinuousBatcher, Event, Job
-from conva_mlx.steering.config import SteerConfig
+from conva_mlx.steering.config import METHODS, MODES, SteerConfig, Target
+from conva_mlx.steering.effects import expected_effects
+from conva_mlx.steering.engine import PACK_METHODS
 from conva_mlx.steering.reports import GenerationResult
 from conva_mlx.steering.session import Prepared, SteeringSession
 
@@ -40,7 +43,21 @@ def _error(exc: protocol.RequestError) -> JSONResponse:
 def diagnostics(result: GenerationResult) -> dict[str, Any]:
     """The steering diagnostics a response carries in its `conva` field."""
     d = result.as_dict()
-    return {k: d[k] for k in ("method", "mode", "targets", "gate", "layers")}
+    return {k: d[k] for k in ("method", "mode", "targets", "gate", "layers", "expected")}
+
+
+def _value_info(pack: Pack, name: str) -> dict[str, Any]:
+    """One value in `GET /v1/steering`: its blocks, methods, and what the calibrated
+    method's default strength is expected to do (when the pack is calibrated)."""
+    e = pack.value(name)
+    info: dict[str, Any] = {
+        "default_p0": e.default_p0, "layers": list(e.layers),
+        "methods": ["caa"] if e.fixed_scale is not None else list(PACK_METHODS)}
+    effect = expected_effects(pack, SteerConfig([name], method="calibrated"), [Target(name)])
+    if effect:
+        info["expected"] = effect[0].as_dict()
+        info["expected_text"] = effect[0].sentence()
+    return info
 
 
 def _usage(result: GenerationResult) -> dict[str, int]:
@@ -127,17 +144,17 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
             return _error(exc)
         pack = session.pack
         values = {} if pack is None else {
-            name: {"default_p0": e.default_p0, "layers": list(e.layers),
-                   "methods": ["caa"] if e.fixed_scale is not None else ["conva", "caa"]}
-            for name, e in pack.values.items()}
+            name: _value_info(pack, name) for name in pack.values}
         gate = None if pack is None or pack.gate is None else {
             "layer": pack.gate.layer, "threshold": pack.gate.threshold}
         return JSONResponse({
             "values": values, "gate": gate,
+            "calibration": None if pack is None or pack.calibration is None
+            else pack.calibration_source,
             "defaults": {"values": {t.value: t.p0 for t in config.defaults.targets},
                          "method": config.defaults.method if config.defaults.targets
                          else "none"},
-            "methods": ["conva", "caa", "ica", "none"], "modes": ["prompt", "token"]})
+            "methods": list(METHODS), "modes": list(MODES)})
 
     async def run(request: Request, prepared: Prepared, cfg: SteerConfig,
                   samp: protocol.Sampling, kind: str) -> Response:

@@ -244,7 +244,8 @@ class ContinuousBatcher:
         result = GenerationResult(row.text, row.tokens, row.gate, row.reports,
                                   job.cfg.method, job.cfg.mode, job.prepared.targets,
                                   int(job.prepared.tokens.size),
-                                  len(row.tokens) / seconds if seconds > 0 else 0.0, seconds)
+                                  len(row.tokens) / seconds if seconds > 0 else 0.0, seconds,
+                                  job.prepared.expected)
         job.emit(Event(row.text[row.sent:], finish, result))
         return False
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.steering.config import METHODS, MODES, SteerConfig, Target
+from conva_mlx.steering.config import DEFAULT_METHOD, METHODS, MODES, SteerConfig, Target
 
 
 class RequestError(Exception):
@@ -36,7 +36,7 @@ class Defaults:
     """The server's steering when a request says nothing (`--values`)."""
 
     targets: list[Target] = field(default_factory=list)
-    method: str = "conva"
+    method: str = DEFAULT_METHOD
 
     def config(self) -> SteerConfig:
         if not self.targets:
@@ -207,12 +207,13 @@ def _targets(spec: Any, away: bool, param: str) -> list[Target]:
                                f"{_show(spec)}", param=param)
         spec = {name: None for name in spec}
     if not isinstance(spec, dict):
-        raise RequestError(f"'{param}' must map value names to P0, e.g. "
-                           '{"benevolence": 0.95}', param=param)
+        raise RequestError(f"'{param}' must map value names to levels, e.g. "
+                           '{"benevolence": 0.8}', param=param)
     out = []
     for name, p0 in spec.items():
         if p0 is not None and (isinstance(p0, bool) or not isinstance(p0, (int, float))):
-            raise RequestError(f"P0 for '{name}' must be a number in [0.5, 1)", param=param)
+            raise RequestError(f"the level for '{name}' must be a number in [0.5, 1)",
+                               param=param)
         try:
             out.append(Target(str(name), None if p0 is None else float(p0), away))
         except ConvaError as exc:
@@ -227,13 +228,13 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
         return defaults.config()
     if not isinstance(spec, dict):
         raise RequestError("'steering' must be an object", param="steering")
-    unknown = sorted(set(spec) - {"values", "away", "method", "mode", "gate"})
+    unknown = sorted(set(spec) - {"values", "away", "method", "mode", "gate", "strength"})
     if unknown:
         raise RequestError(f"unknown steering field(s): {', '.join(unknown)}", param="steering")
     for key in ("method", "mode"):
         if not isinstance(spec.get(key, ""), str):
             raise RequestError(f"'steering.{key}' must be a string", param=f"steering.{key}")
-    method = spec.get("method", "conva")
+    method = spec.get("method", defaults.method)
     if method not in METHODS:
         raise RequestError(f"unknown method '{method}' (choose from {', '.join(METHODS)})",
                            param="steering.method")
@@ -241,6 +242,10 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
     if mode not in MODES:
         raise RequestError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})",
                            param="steering.mode")
+    strength = spec.get("strength", 1.0)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise RequestError("'steering.strength' must be a number (1 = the calibrated push)",
+                           param="steering.strength")
     gate = spec.get("gate", True)
     if not isinstance(gate, bool):
         raise RequestError("'steering.gate' must be true or false", param="steering.gate")
@@ -252,6 +257,7 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
                                param="steering.values")
         targets = list(defaults.targets)
     try:
-        return SteerConfig(targets, method=method, mode=mode, gate=gate)
+        return SteerConfig(targets, method=method, mode=mode, gate=gate,
+                           strength=float(strength))
     except ConvaError as exc:
         raise RequestError(str(exc), param="steering") from None

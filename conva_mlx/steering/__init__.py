@@ -1,4 +1,5 @@
-"""Gated minimal steering (ConVA) and its baselines (CAA, ICA) over mlx-lm.
+"""Value steering over mlx-lm: the calibrated gated push (the default), ConVA's minimal
+probe push, and the baselines (CAA, ICA).
 
 config: what to steer and how; hooks: the block hooks and per-block plans; engine: the
 prefills and batched decoding every call goes through; session: `SteeringSession`;
@@ -6,6 +7,7 @@ context: `steered`, steering inside any mlx-lm decode loop; reports: the diagnos
 """
 
 from conva_mlx.steering.config import (
+    DEFAULT_METHOD,
     METHODS,
     MODES,
     GenOptions,
@@ -17,11 +19,28 @@ from conva_mlx.steering.config import (
     parse_targets,
 )
 from conva_mlx.steering.context import SteeringHandle, steered
-from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
+from conva_mlx.steering.reports import ExpectedEffect, GateReport, GenerationResult, LayerReport
 from conva_mlx.steering.session import Prepared, ScoredPrompt, SteeringSession, StreamPiece
 
 __all__ = [
-    "METHODS", "MODES", "GateReport", "GenOptions", "GenerationResult", "LayerReport",
-    "Method", "Mode", "Prepared", "ScoredPrompt", "SteerConfig", "SteeringHandle",
-    "SteeringSession", "StreamPiece", "Target", "ica_prefix", "parse_targets", "steered",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "MODES",
+    "ExpectedEffect",
+    "GateReport",
+    "GenOptions",
+    "GenerationResult",
+    "LayerReport",
+    "Method",
+    "Mode",
+    "Prepared",
+    "ScoredPrompt",
+    "SteerConfig",
+    "SteeringHandle",
+    "SteeringSession",
+    "StreamPiece",
+    "Target",
+    "ica_prefix",
+    "parse_targets",
+    "steered",
 ]

@@ -10,7 +10,11 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.probes.recipe import DIRECTIONS, Direction, check_p0
 from conva_mlx.values import check_value, load_values
 
-Method = Literal["conva", "caa", "ica", "none"]
+# calibrated (the default): the gated push a pack's calibration sized by measurement; conva:
+# the paper's minimal probe push; caa: the mean difference x a coefficient; ica: a prompt.
+Method = Literal["calibrated", "conva", "caa", "ica", "none"]
+DEFAULT_METHOD: Method = "calibrated"
+MAX_STRENGTH = 8.0
 Mode = Literal["prompt", "token"]
 Probes = Literal["controlled", "uncontrolled"]
 # Where prompt mode adds its delta: every position (the reference), or only from the
@@ -23,10 +27,13 @@ POSITIONS: tuple[str, ...] = get_args(Positions)
 
 @dataclass(frozen=True)
 class Target:
-    """One value to steer: toward it (P >= p0) or away from it (P <= 1 - p0)."""
+    """One value to steer: toward it (P >= p0) or away from it (P <= 1 - p0).
+
+    p0 is the level the value should reach: ConVA's probe probability, or for the
+    calibrated method the share of held-out dilemmas that should favour the value."""
 
     value: str
-    p0: float | None = None  # None = the pack's default
+    p0: float | None = None  # None = the pack's default (calibrated: its calibrated strength)
     away: bool = False
 
     def __post_init__(self) -> None:
@@ -70,16 +77,21 @@ class SteerConfig:
     layers: list[int] | None  # override the pack's per-value layers
     direction: Direction | None  # ConVA's delta direction; None = the pack recipe's
     positions: Positions  # prompt mode: where the delta is added
+    strength: float  # calibrated: 1 = the calibrated push (a target's level overrides it)
 
-    def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (), method: Method = "conva",
+    def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (),
+                 method: Method = DEFAULT_METHOD,
                  mode: Mode = "prompt", gate: bool = True, probes: Probes = "controlled",
                  caa_coef: float = 1.0, negative_prompt: bool = False,
                  layers: list[int] | None = None, direction: Direction | None = None,
-                 positions: Positions = "all") -> None:
+                 positions: Positions = "all", strength: float = 1.0) -> None:
         self.targets = parse_targets(targets)
         self.method, self.mode, self.gate, self.probes = method, mode, gate, probes
         self.caa_coef, self.negative_prompt, self.layers = caa_coef, negative_prompt, layers
         self.direction, self.positions = direction, positions
+        self.strength = strength
+        if not 0 <= strength <= MAX_STRENGTH:  # also refuses NaN
+            raise ConvaError(f"strength must be in [0, {MAX_STRENGTH:g}], got {strength}")
         if positions not in POSITIONS:
             raise ConvaError(f"unknown positions '{positions}' (choose from "
                              f"{', '.join(POSITIONS)})")

@@ -1,11 +1,12 @@
-"""Steering inside any mlx-lm decode loop: `with steered(lm, pack, "benevolence:0.95"): ...`.
+"""Steering inside any mlx-lm decode loop: `with steered(lm, pack, "benevolence"): ...`.
 
-Token mode (the default here) recomputes the minimal delta at every position's own state,
-so it needs nothing from the loop: install the hooks, run `mlx_lm.generate` /
-`stream_generate` / your own loop, and the model is restored on exit. Prompt mode measures
-its deltas on the prompt's last token before decoding, so it needs the prompt (`prompt=`,
-the exact text or tokens the loop will be given); so does the gate, which reads the prompt
-unsteered and installs no hooks when it stays closed.
+The calibrated method (the default) and CAA add fixed vectors, and ConVA's token mode
+recomputes the minimal delta at every position's own state, so none of them needs anything
+from the loop: install the hooks, run `mlx_lm.generate` / `stream_generate` / your own
+loop, and the model is restored on exit. ConVA's prompt mode measures its deltas on the
+prompt's last token before decoding, so it needs the prompt (`prompt=`, the exact text or
+tokens the loop will be given); so does the gate, which reads the prompt unsteered and
+installs no hooks when it stays closed.
 """
 
 from __future__ import annotations
@@ -20,14 +21,21 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import BlockHook, hooked_blocks
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
-from conva_mlx.steering.config import Method, Mode, SteerConfig, TargetSpec
-from conva_mlx.steering.engine import UNGATED, PromptBatch
+from conva_mlx.steering.config import DEFAULT_METHOD, Method, Mode, SteerConfig, TargetSpec
+from conva_mlx.steering.engine import (
+    FIXED_METHODS,
+    GATED_METHODS,
+    PACK_METHODS,
+    UNGATED,
+    PromptBatch,
+)
 from conva_mlx.steering.hooks import (
     PromptModeMeasure,
     TokenStats,
     add_fixed,
     caa_deltas,
     caa_reports,
+    calibrated_deltas,
     check_probes,
     layer_plans,
     resolve_targets,
@@ -60,21 +68,22 @@ def _prompt_tokens(lm: LoadedModel, prompt: str | Sequence[int]) -> mx.array:
 
 
 @contextmanager
-def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec, method: Method = "conva",
-            mode: Mode = "token", prompt: str | Sequence[int] | None = None,
-            gate: bool | None = None, caa_coef: float = 1.0) -> Iterator[SteeringHandle]:
+def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec,
+            method: Method = DEFAULT_METHOD, mode: Mode = "token",
+            prompt: str | Sequence[int] | None = None, gate: bool | None = None,
+            caa_coef: float = 1.0, strength: float = 1.0) -> Iterator[SteeringHandle]:
     """Steer `lm.model` toward (or, with Target(..., away=True), away from) the targets
     while the block runs. `gate` defaults to on when a prompt is given, off otherwise."""
-    if method not in ("conva", "caa"):
-        raise ConvaError(f"steered() runs conva or caa (ica is a prompt prefix: see "
-                         f"ica_prefix); got '{method}'")
-    use_gate = method == "conva" and (prompt is not None if gate is None else gate)
+    if method not in PACK_METHODS:
+        raise ConvaError(f"steered() runs {', '.join(PACK_METHODS)} (ica is a prompt "
+                         f"prefix: see ica_prefix); got '{method}'")
+    use_gate = method in GATED_METHODS and (prompt is not None if gate is None else gate)
     cfg = SteerConfig(list(targets), method=method, mode=mode, gate=use_gate,
-                      caa_coef=caa_coef)
+                      caa_coef=caa_coef, strength=strength)
     if not cfg.targets:
-        raise ConvaError("steered() needs at least one value, e.g. 'benevolence:0.95'")
+        raise ConvaError("steered() needs at least one value, e.g. 'benevolence'")
     pack.check_model(lm.model_id, lm.fingerprint)
-    resolved = resolve_targets(pack, cfg.targets)
+    resolved = resolve_targets(pack, cfg.targets, method)
     if method == "conva":
         check_probes(pack, resolved)
     if prompt is None and (use_gate or (method == "conva" and mode == "prompt")):
@@ -90,8 +99,9 @@ def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec, method: Method = 
     hooks: dict[int, BlockHook] = {}
     if not handle.gate.open:
         pass  # the gate stays closed: the loop runs the plain model
-    elif method == "caa":
-        deltas = caa_deltas(pack, cfg, resolved)
+    elif method in FIXED_METHODS:
+        deltas = (caa_deltas(pack, cfg, resolved) if method == "caa"
+                  else calibrated_deltas(pack, cfg, resolved))
         hooks = {k: add_fixed(d) for k, d in deltas.items()}
         handle._reports = caa_reports(deltas)
     elif mode == "token":

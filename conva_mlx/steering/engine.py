@@ -4,7 +4,8 @@
    query's last token. A closed gate keeps that cache, so the row stays exactly unsteered.
 2. The steering prefill: prompt mode measures each row's delta_l from its own last-token
    state (closed rows get delta 0) and adds it at every position; token mode recomputes it
-   at every position (one row only); CAA adds fixed vectors; none / ICA run no hooks.
+   at every position (one row only); CAA and the calibrated method add fixed vectors (the
+   calibrated one only to rows whose gate opened); none / ICA run no hooks.
 3. Each prefill trims the last prompt token from its cache; decoding feeds it again with
    the generation hooks. One row is handed to mlx-lm's `stream_generate` (any cache type,
    streaming); several rows decode together in mlx-lm's `BatchKVCache` (`decode_batch`).
@@ -35,12 +36,16 @@ from conva_mlx.steering.hooks import (
     add_rows,
     caa_deltas,
     caa_reports,
+    calibrated_deltas,
     layer_plans,
     token_mode_hooks,
 )
 from conva_mlx.steering.reports import GateReport, LayerReport
 
 UNGATED = GateReport(None, True, None, False)
+GATED_METHODS = ("conva", "calibrated")  # CAA stays the ungated baseline
+FIXED_METHODS = ("caa", "calibrated")  # one fixed vector per block
+PACK_METHODS = ("conva", "caa", "calibrated")
 
 
 def supports_batching(model: Any) -> bool:
@@ -127,14 +132,22 @@ def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
     stats: TokenStats | None = None
     deltas: dict[int, mx.array] = {}
     gate = pack.gate if pack is not None else None
-    if cfg.method == "conva" and cfg.gate and gate is not None:
+    if cfg.method in GATED_METHODS and cfg.gate and gate is not None:
         cache, gates = batch.gate_pass(gate)
-    if cfg.method == "caa" and pack is not None:
-        fixed = caa_deltas(pack, cfg, targets)
-        hooks = {k: add_fixed(d) for k, d in fixed.items()}
+    if cfg.method in FIXED_METHODS and pack is not None and any(g.open for g in gates):
+        fixed = (caa_deltas(pack, cfg, targets) if cfg.method == "caa"
+                 else calibrated_deltas(pack, cfg, targets))
+        on = [g.open for g in gates]
+        if all(on):
+            hooks = {k: add_fixed(d) for k, d in fixed.items()}
+            deltas = {k: mx.broadcast_to(d, (batch.size, d.shape[-1]))
+                      for k, d in fixed.items()}
+        else:  # closed rows get delta 0, so they stay exactly unsteered
+            open_rows = mx.array([1.0 if o else 0.0 for o in on])[:, None]
+            deltas = {k: open_rows * d[None, :] for k, d in fixed.items()}
+            hooks = {k: add_rows(d) for k, d in deltas.items()}
         cache = batch.prefill(hooks)
-        reports = [caa_reports(fixed) for _ in range(batch.size)]
-        deltas = {k: mx.broadcast_to(d, (batch.size, d.shape[-1])) for k, d in fixed.items()}
+        reports = [caa_reports(fixed) if o else [] for o in on]
     elif cfg.method == "conva" and pack is not None and any(g.open for g in gates):
         plans = layer_plans(pack, cfg, targets)
         if cfg.mode == "token":

@@ -32,9 +32,11 @@ class LayerPlan:
     cons: HalfSpaces
 
 
-def resolve_targets(pack: Pack | None, targets: list[Target]) -> list[Target]:
-    """Fill in each target's P0 from the pack (ICA without a pack needs none)."""
-    if pack is None:
+def resolve_targets(pack: Pack | None, targets: list[Target], method: str = "conva"
+                    ) -> list[Target]:
+    """Fill in each target's P0 from the pack (ICA without a pack needs none; for the
+    calibrated method a missing level means the calibrated strength, so it stays None)."""
+    if pack is None or method == "calibrated":
         return list(targets)
     return [Target(t.value, t.p0 if t.p0 is not None else pack.value(t.value).default_p0,
                    t.away) for t in targets]
@@ -105,6 +107,33 @@ def caa_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]) -> dict[int,
             d = mx.array(entry.probes.caa[k]) * (sign * cfg.caa_coef)
             deltas[k] = deltas[k] + d if k in deltas else d
     return deltas
+
+
+def calibrated_strength(pack: Pack, cfg: SteerConfig, target: Target) -> float:
+    """A target's strength for the calibrated method: the one its level asks for (the share
+    of held-out dilemmas that should favour the value), else the configuration's."""
+    cal = pack.calibration.value(target.value) if pack.calibration is not None else None
+    if target.p0 is None or cal is None:
+        return cfg.strength
+    return cal.strength_for(target.p0)
+
+
+def calibrated_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]
+                      ) -> dict[int, mx.array]:
+    """The calibrated method's fixed vectors: per target, its calibrated mix of the values'
+    mean differences (each at that value's blocks) times its strength. A pack without a
+    calibration pushes each value's own mean difference (CAA x strength)."""
+    deltas: dict[int, np.ndarray] = {}
+    for t in targets:
+        cal = pack.calibration.value(t.value) if pack.calibration is not None else None
+        mix = cal.mix if cal is not None else {t.value: 1.0}
+        scale = (-1.0 if t.away else 1.0) * calibrated_strength(pack, cfg, t)
+        for name, w in mix.items():
+            entry = pack.value(name)
+            for k in _layers_of(pack, cfg, name):
+                d = entry.probes.caa[k].astype(np.float32) * np.float32(scale * w)
+                deltas[k] = deltas[k] + d if k in deltas else d
+    return {k: mx.array(d) for k, d in deltas.items()}
 
 
 def caa_reports(deltas: dict[int, mx.array]) -> list[LayerReport]:

@@ -37,6 +37,27 @@ class GateReport:
     threshold: float | None
     used: bool
 
+@dataclass(frozen=True)
+class ExpectedEffect:
+    """For one steered value: the calibrated strength in use and the share of held-out
+    (calibration) dilemmas expected to favour the value there, beside the unsteered share."""
+
+    value: str
+    strength: float
+    favoured: float
+    unsteered: float
+    max_favoured: float  # the most the measured curve reaches
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "strength": round(self.strength, 4),
+                "favoured": round(self.favoured, 4), "unsteered": round(self.unsteered, 4),
+                "max_favoured": round(self.max_favoured, 4)}
+
+    def sentence(self) -> str:
+        return (f"{self.value}: favoured on {self.favoured:.0%} of held-out dilemmas "
+                f"(unsteered {self.unsteered:.0%}) at strength {self.strength:.2g}")
+
+
 @dataclass
 class GenerationResult:
     text: str
@@ -49,6 +70,7 @@ class GenerationResult:
     prompt_tokens: int = 0
     generation_tps: float = 0.0
     seconds: float = 0.0
+    expected: list[ExpectedEffect] = field(default_factory=list)  # calibrated method only
 
     @property
     def steered(self) -> bool:
@@ -69,6 +91,7 @@ class GenerationResult:
             "generated_tokens": len(self.tokens),
             "generation_tps": round(self.generation_tps, 2),
             "seconds": round(self.seconds, 3),
+            "expected": [e.as_dict() for e in self.expected],
         }
 
     def summary(self) -> str:
@@ -79,6 +102,9 @@ class GenerationResult:
                 else "gate n/a")
         if not self.layers:
             return f"{gate} · {self.method}: no change"
+        if self.expected:
+            return (f"{gate} · {self.method} · {len(self.layers)} layers · "
+                    + "; ".join(e.sentence() for e in self.expected))
         norms = [r.delta_norm for r in self.layers]
         parts = []
         for t in self.targets:

@@ -22,7 +22,10 @@ from conva_mlx.models.layers import hooked_blocks
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
 from conva_mlx.steering.config import GenOptions, SteerConfig, Target, ica_prefix
+from conva_mlx.steering.effects import expected_effects
 from conva_mlx.steering.engine import (
+    GATED_METHODS,
+    PACK_METHODS,
     Prefilled,
     PromptBatch,
     continuation_logprobs,
@@ -31,7 +34,7 @@ from conva_mlx.steering.engine import (
     supports_batching,
 )
 from conva_mlx.steering.hooks import check_probes, resolve_targets
-from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
+from conva_mlx.steering.reports import ExpectedEffect, GateReport, GenerationResult, LayerReport
 
 Messages = list[dict[str, str]] | str
 
@@ -42,6 +45,7 @@ class Prepared(NamedTuple):
     targets: list[Target]
     tokens: mx.array
     gate_index: int  # position of the templated query's last token
+    expected: list[ExpectedEffect]  # the calibrated method's expected effect per value
 
 
 @dataclass
@@ -108,14 +112,15 @@ class SteeringSession:
                 raise ConvaError("the prompt is empty")
         elif not messages or not str(messages[-1].get("content", "")).strip():
             raise ConvaError("the prompt is empty")
-        if self.pack is None and cfg.method in ("conva", "caa"):
+        if self.pack is None and cfg.method in PACK_METHODS:
             raise ConvaError(f"method {cfg.method} needs a pack (only none and ica run without)")
-        targets = resolve_targets(self.pack, cfg.targets)
+        targets = resolve_targets(self.pack, cfg.targets, cfg.method)
         if cfg.method != "none" and not targets:
             raise ConvaError("choose at least one value to steer (or method none)")
         if self.pack is not None and cfg.method == "conva":
             check_probes(self.pack, targets)
-            if cfg.gate and self.pack.gate is None:
+        if (self.pack is not None and cfg.method in GATED_METHODS and cfg.gate
+                and self.pack.gate is None):
                 raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
         if isinstance(messages, str):  # raw text
             prompt = " ".join([*self._prefixes(cfg, targets), messages])
@@ -132,7 +137,8 @@ class SteeringSession:
             head = list(self.lm.tokenizer.encode(prompt))
             if ids[:len(head)] == head:
                 gate_index = len(head) - 1
-        return Prepared(targets, mx.array(ids), gate_index)
+        return Prepared(targets, mx.array(ids), gate_index,
+                        expected_effects(self.pack, cfg, targets))
 
     def prefill(self, prepared: list[Prepared], cfg: SteerConfig
                  ) -> tuple[PromptBatch, Prefilled]:
@@ -191,7 +197,7 @@ class SteeringSession:
                     result = GenerationResult(
                         "".join(pieces), tokens, gate, reports, cfg.method, cfg.mode,
                         prepared.targets, int(prepared.tokens.size), resp.generation_tps,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, prepared.expected)
                 yield StreamPiece(resp.text, token, resp.finish_reason, gate, result)
                 if result is not None:
                     return
@@ -211,7 +217,8 @@ class SteeringSession:
         out = decode_batch(self.lm.model, self.lm.tokenizer, batch, pre.cache, pre.hooks, opts)
         seconds = (time.perf_counter() - start) / batch.size
         return [GenerationResult(self.lm.tokenizer.decode(toks), toks, g, rep, cfg.method,
-                                 cfg.mode, p.targets, int(p.tokens.size), 0.0, seconds)
+                                 cfg.mode, p.targets, int(p.tokens.size), 0.0, seconds,
+                                 p.expected)
                 for toks, g, rep, p in zip(out, pre.gates, pre.reports, prepared)]
 
     # ----- scoring ----------------------------------------------------------------

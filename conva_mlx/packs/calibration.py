@@ -1,0 +1,200 @@
+"""A pack's calibration: what the default method pushes, and what a strength means.
+
+`conva-mlx calibrate` measures, on the calibration half of the dilemmas, how every value's
+dilemmas respond to each value's mean-difference push (the 10 x 10 leakage responses), and
+fits per value a mix of the ten mean differences that moves its own dilemmas and the others
+least (`mix`). Strength 1 is the push predicted to shift the value's own dilemmas by
+`target_shift` nats; `curve` holds what was measured at each strength, so a level such as
+"favoured on 80% of held-out dilemmas" maps to a strength and back.
+
+It lives beside pack.json as calibration.json (written atomically, checked on load). Packs
+of the models conva-mlx ships calibrations for (same model, dataset and recipe) find theirs
+in conva_mlx/data/calibration/ when the pack directory has none.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conva_mlx.errors import ConvaError
+from conva_mlx.fsutil import atomic_write_json
+from conva_mlx.packs.schema import Fields, check_value_name
+
+CALIBRATION_JSON = "calibration.json"
+CALIBRATION_FORMAT = "conva-mlx-calibration"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "calibration"
+MAX_STRENGTH = 8.0  # far past where any measured push stays fluent
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """The default method at one strength, measured on the value's calibration dilemmas."""
+
+    strength: float
+    shift: float  # mean paired LR shift of the value's own dilemmas (nats)
+    favoured: float  # share of its dilemmas with LR > 0 (the value's action more likely)
+    fluency: float  # mean change of log p(both written actions) (nats; < 0 = less likely)
+    off_target: float = float("nan")  # mean |shift| of the other values' dilemmas
+
+    def as_dict(self) -> dict[str, float]:
+        out = {"strength": self.strength, "shift": round(self.shift, 4),
+               "favoured": round(self.favoured, 4), "fluency": round(self.fluency, 4)}
+        if np.isfinite(self.off_target):
+            out["off_target"] = round(self.off_target, 4)
+        return out
+
+
+@dataclass
+class ValueCalibration:
+    """One value: its push as a mix of the values' mean differences, and its curve."""
+
+    mix: dict[str, float]  # value -> weight of that value's mean difference (at strength 1)
+    unsteered_favoured: float
+    curve: list[CurvePoint] = field(default_factory=list)  # sorted by strength, 0 excluded
+    n: int = 0  # calibration dilemmas behind the curve
+
+    def effect_at(self, strength: float) -> float:
+        """Expected share of held-out dilemmas favouring the value at `strength`
+        (interpolated along the measured curve; 0 = unsteered)."""
+        xs, ys = self._points()
+        return float(np.interp(strength, xs, ys))
+
+    def strength_for(self, effect: float) -> float:
+        """The smallest strength whose expected share reaches `effect` (the curve's end when
+        it never does; 0 when the model already favours the value that often)."""
+        xs, ys = self._points()
+        reach = np.maximum.accumulate(ys)  # a share that dips back is not "reached"
+        if effect <= reach[0]:
+            return 0.0
+        if effect >= reach[-1]:
+            return float(xs[int(np.argmax(reach))])
+        i = int(np.searchsorted(reach, effect))
+        x0, x1, y0, y1 = xs[i - 1], xs[i], reach[i - 1], reach[i]
+        return float(x0 + (x1 - x0) * (effect - y0) / max(y1 - y0, 1e-12))
+
+    def max_effect(self) -> float:
+        return float(max(self._points()[1]))
+
+    def _points(self) -> tuple[np.ndarray, np.ndarray]:
+        pts = [(0.0, self.unsteered_favoured)] + [(p.strength, p.favoured)
+                                                  for p in self.curve]
+        pts.sort()
+        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+
+@dataclass
+class Calibration:
+    """Every value's calibrated push for one pack (see the module docstring)."""
+
+    model_fingerprint: str
+    dataset_hash: str
+    recipe: str
+    target_shift: float
+    values: dict[str, ValueCalibration]
+    ridge: float = 0.0
+    split: str = "calibration"
+    notes: dict[str, Any] = field(default_factory=dict)  # measured summaries (informational)
+
+    def value(self, name: str) -> ValueCalibration | None:
+        return self.values.get(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": CALIBRATION_FORMAT, "format_version": 1,
+                "model_fingerprint": self.model_fingerprint,
+                "dataset_hash": self.dataset_hash, "recipe": self.recipe,
+                "target_shift": self.target_shift, "ridge": self.ridge, "split": self.split,
+                "values": {v: {"mix": {k: round(w, 6) for k, w in c.mix.items()},
+                               "unsteered_favoured": round(c.unsteered_favoured, 4),
+                               "n": c.n, "curve": [p.as_dict() for p in c.curve]}
+                           for v, c in self.values.items()},
+                "notes": self.notes}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> Calibration:
+        f = Fields(obj, where)
+        if f.string("format", "") != CALIBRATION_FORMAT:
+            raise ConvaError(f"{where}: not a conva-mlx calibration (format "
+                             f"'{f.obj.get('format')}')")
+        if f.integer("format_version", 1) > 1:
+            raise ConvaError(f"{where}: calibration format is newer than this conva-mlx; "
+                             "upgrade conva-mlx")
+        values: dict[str, ValueCalibration] = {}
+        vals = f.sub("values")
+        for name in vals.obj:
+            check_value_name(name, where)
+            v = vals.sub(name)
+            mix_f = v.sub("mix")
+            mix = {check_value_name(k, mix_f.where): mix_f.number(k) for k in mix_f.obj}
+            curve_raw = v.obj.get("curve", [])
+            if not isinstance(curve_raw, list):
+                raise ConvaError(f"{v.where}: 'curve' must be a list")
+            curve = []
+            for i, p in enumerate(curve_raw):
+                pf = Fields(p, f"{v.where} (curve {i})")
+                s = pf.number("strength")
+                if not 0 < s <= MAX_STRENGTH:
+                    raise ConvaError(f"{pf.where}: 'strength' must be in (0, {MAX_STRENGTH}]")
+                curve.append(CurvePoint(s, pf.number("shift"), _share(pf, "favoured"),
+                                        pf.number("fluency"),
+                                        pf.number("off_target", float("nan"))
+                                        if pf.has("off_target") else float("nan")))
+            values[name] = ValueCalibration(mix, _share(v, "unsteered_favoured"),
+                                            sorted(curve, key=lambda p: p.strength),
+                                            v.integer("n", 0) if v.has("n") else 0)
+        target = f.number("target_shift")
+        if target <= 0:
+            raise ConvaError(f"{where}: 'target_shift' must be positive")
+        return cls(f.string("model_fingerprint"), f.string("dataset_hash", ""),
+                   f.string("recipe", ""), target, values, f.number("ridge", 0.0),
+                   f.string("split", "calibration"), f.object("notes", {}))
+
+
+def _share(f: Fields, key: str) -> float:
+    x = f.number(key)
+    if not 0 <= x <= 1:
+        raise ConvaError(f"{f.where}: '{key}' must be a share in [0, 1], got {x}")
+    return x
+
+
+def read_calibration(path: Path) -> Calibration:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConvaError(f"{path}: unreadable calibration ({exc})") from exc
+    return Calibration.from_json(obj, str(path))
+
+
+def write_calibration(cal: Calibration, pack_dir: Path, force: bool = False) -> Path:
+    path = Path(pack_dir) / CALIBRATION_JSON
+    if path.exists() and not force:
+        raise ConvaError(f"{path} exists; pass --force to replace it")
+    atomic_write_json(path, cal.to_json())
+    return path
+
+
+def shipped_name(fingerprint: str, recipe: str) -> str:
+    return f"{fingerprint}-{recipe}.json"
+
+
+def find_calibration(pack_dir: Path | None, fingerprint: str, dataset_hash: str,
+                     recipe: str) -> tuple[Calibration | None, str]:
+    """The pack directory's calibration, else a shipped one made for the same model,
+    dataset and recipe; with where it came from ('' when none)."""
+    if pack_dir is not None and (Path(pack_dir) / CALIBRATION_JSON).is_file():
+        path = Path(pack_dir) / CALIBRATION_JSON
+        cal = read_calibration(path)
+        if cal.model_fingerprint != fingerprint:
+            raise ConvaError(f"{path}: calibrated for model {cal.model_fingerprint}, but the "
+                             f"pack is for {fingerprint}; re-run `conva-mlx calibrate`")
+        return cal, str(path)
+    shipped = SHIPPED_DIR / shipped_name(fingerprint, recipe)
+    if shipped.is_file():
+        cal = read_calibration(shipped)
+        if cal.dataset_hash == dataset_hash:
+            return cal, f"shipped ({shipped.name})"
+    return None, ""

@@ -1,0 +1,25 @@
+"""What a strength means: the effect a pack's calibration expects at the strength in use."""
+
+from __future__ import annotations
+
+from conva_mlx.packs.pack import Pack
+from conva_mlx.steering.config import SteerConfig, Target
+from conva_mlx.steering.hooks import calibrated_strength
+from conva_mlx.steering.reports import ExpectedEffect
+
+
+def expected_effects(pack: Pack | None, cfg: SteerConfig, targets: list[Target]
+                     ) -> list[ExpectedEffect]:
+    """The calibrated method's expected effect per value steered toward (none for other
+    methods, values steered away from, or a pack without a calibration)."""
+    if pack is None or pack.calibration is None or cfg.method != "calibrated":
+        return []
+    out = []
+    for t in targets:
+        cal = pack.calibration.value(t.value)
+        if cal is None or t.away:
+            continue
+        s = calibrated_strength(pack, cfg, t)
+        out.append(ExpectedEffect(t.value, s, cal.effect_at(s), cal.unsteered_favoured,
+                                  cal.max_effect()))
+    return out

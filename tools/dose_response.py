@@ -1,0 +1,172 @@
+"""Dose-responses from `conva-mlx choices` runs: shift, share favoured, fluency and |delta|/|h|
+against strength, per method, in one table and one plot per model.
+
+Reads the scores of one or more choices run directories (any mix of methods and
+strengths, scored on each value's own dilemmas; run them with --strengths), and measures the
+hidden-state norm |h| at every block on the same prompts (last prompt token, unsteered), so
+each setting's push is also reported relative to the state it is added to: mean |delta| per
+steered block / mean |h| over those blocks (AxBench and Im & Li find the effect tracks this).
+
+Fluency here is the change of log p(both written actions) in nats (the instrument's own
+fluency proxy: a push that breaks the text makes both actions less likely).
+
+Usage:
+  .venv/bin/python tools/dose_response.py --pack DIR [--model default] --out runs/dose-smol \\
+      runs/choices-a runs/choices-b ...
+(on Linux preload OpenBLAS as the CLI does:
+ export LD_PRELOAD=$(.venv/bin/python -m conva_mlx.models.blas))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from conva_mlx.data.dataset import ValueData  # noqa: E402
+from conva_mlx.evaluation.choices import load_choice_items  # noqa: E402
+from conva_mlx.evaluation.store import JsonlStore  # noqa: E402
+from conva_mlx.models.layers import hooked_blocks  # noqa: E402
+from conva_mlx.models.loading import load_model  # noqa: E402
+from conva_mlx.packs.pack import Pack, load_pack  # noqa: E402
+from conva_mlx.steering import SteerConfig, SteeringSession  # noqa: E402
+from conva_mlx.values import VALUE_NAMES  # noqa: E402
+
+
+def hidden_norms(session: SteeringSession, prompts: list[str]) -> np.ndarray:
+    """Mean |h| at the prompt's last token per block (unsteered)."""
+    import mlx.core as mx
+
+    model = session.lm.model
+    n_layers = session.lm.num_layers
+    sums = np.zeros(n_layers)
+    for p in prompts:
+        tokens = session.prepare(p, SteerConfig(method="none")).tokens
+        seen: dict[int, float] = {}
+
+        def grab(k: int, h: mx.array) -> mx.array:
+            seen[k] = float(mx.linalg.norm(h[0, -1].astype(mx.float32)))
+            return h
+
+        with hooked_blocks(model, {k: grab for k in range(n_layers)}):
+            mx.eval(model(tokens[None]))
+        sums += np.array([seen[k] for k in range(n_layers)])
+    return sums / max(1, len(prompts))
+
+
+def steered_blocks(pack: Pack, method: str, value: str) -> list[int]:
+    if method == "calibrated" and pack.calibration is not None:
+        cal = pack.calibration.value(value)
+        if cal is not None:
+            return sorted({k for u, w in cal.mix.items() if abs(w) > 1e-6
+                           for k in pack.value(u).layers})
+    return list(pack.value(value).layers)
+
+
+def collect(dirs: list[Path]) -> tuple[dict[tuple[str, float | None], list[dict[str, Any]]],
+                                       dict[str, dict[str, Any]]]:
+    settings: dict[tuple[str, float | None], list[dict[str, Any]]] = defaultdict(list)
+    base: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        store = JsonlStore(d / "choices.jsonl")
+        for r in store.records.values():
+            if r.get("form") != "likelihood":
+                continue
+            if r["method"] == "none":
+                base[r["id"]] = r
+            elif r["steered"] == r["value"]:  # own dilemmas only
+                settings[(r["method"], r["strength"])].append(r)
+    return settings, base
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dirs", nargs="+", type=Path)
+    ap.add_argument("--pack", required=True)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    pack = load_pack(args.pack)
+    lm = load_model(args.model)
+    session = SteeringSession(lm, pack)
+    settings, base = collect(args.dirs)
+    ids = {r["id"] for rows in settings.values() for r in rows}
+    items = [it for it in load_choice_items(list(VALUE_NAMES), "calibration", None, ValueData())
+             + load_choice_items(list(VALUE_NAMES), "test", None, ValueData())
+             if it.id in ids]
+    norms = hidden_norms(session, [it.prompt for it in items])
+    table = []
+    for (method, strength), rows in sorted(settings.items(),
+                                           key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        rows = [r for r in rows if r["id"] in base]
+        if not rows:
+            continue
+        shift = np.array([r["score"] - base[r["id"]]["score"] for r in rows])
+        fav = np.array([r["score"] > 0 for r in rows])
+        flu = np.array([(r["ll_value"] + r["ll_competing"] - base[r["id"]]["ll_value"]
+                         - base[r["id"]]["ll_competing"]) / 2 for r in rows])
+        ratios = []
+        for r in rows:
+            blocks = steered_blocks(pack, method, r["value"])
+            if blocks and r.get("delta_norm"):
+                ratios.append(r["delta_norm"] / float(np.mean(norms[blocks])))
+        table.append({"method": method, "strength": strength, "n": len(rows),
+                      "shift": round(float(shift.mean()), 3),
+                      "favoured": round(float(fav.mean()), 3),
+                      "unsteered_favoured": round(float(np.mean(
+                          [base[r["id"]]["score"] > 0 for r in rows])), 3),
+                      "fluency": round(float(flu.mean()), 3),
+                      "delta_over_h": round(float(np.mean(ratios)), 4) if ratios else 0.0})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dose.json").write_text(json.dumps({"model": lm.model_id, "rows": table,
+                                                    "hidden_norm_by_block":
+                                                        [round(float(x), 3) for x in norms]},
+                                                   indent=1))
+    lines = ["| method | strength | n | shift | favoured (unsteered) | fluency | |δ|/|h| |",
+             "|---|---|---|---|---|---|---|"]
+    for t in table:
+        s = "-" if t["strength"] is None else f"{t['strength']:g}"
+        lines.append(f"| {t['method']} | {s} | {t['n']} | {t['shift']:+.2f} | "
+                     f"{t['favoured']:.2f} ({t['unsteered_favoured']:.2f}) | "
+                     f"{t['fluency']:+.2f} | {t['delta_over_h']:.3f} |")
+    (args.out / "dose.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(table, args.out / "dose.png", lm.model_id)
+
+
+def plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in table:
+        by_method[t["method"]].append(t)
+    for method, rows in by_method.items():
+        xs = [r["delta_over_h"] for r in rows]
+        for ax, key in zip(axes, ("shift", "favoured", "fluency")):
+            ax.plot(xs, [r[key] for r in rows], "o-", label=method)
+    for ax, name in zip(axes, ("own-dilemma shift (nats)", "share favouring the value",
+                               "fluency: Δ log p(actions) (nats)")):
+        ax.set_xlabel("|δ| / |h| per steered block")
+        ax.set_ylabel(name)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"Dose-response (calibration half): {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
