@@ -63,15 +63,15 @@ def test_steered_inside_mlx_lm_generate_equals_the_session(readme_ns: dict[str, 
                                             "finish my own report first?"}]
     opts = cm.GenOptions(max_tokens=30)
     token_mode = session.generate(messages, cm.SteerConfig("benevolence:0.95", mode="token",
-                                                           gate=False), opts)
-    with cm.steered(lm, pack, "benevolence:0.95", mode="token") as handle:
+                                                           gate=False, method="conva"), opts)
+    with cm.steered(lm, pack, "benevolence:0.95", method="conva", mode="token") as handle:
         tokens = [int(r.token) for r in stream_generate(lm.model, lm.tokenizer, prompt,
                                                         max_tokens=30)
                   if r.finish_reason != "stop"]
     assert tokens == token_mode.tokens
     assert readme_ns["steered_text"] == token_mode.text
     assert handle.layers and all(r.min_p_after for r in handle.layers)
-    gated = session.generate(messages, cm.SteerConfig("benevolence:0.95"), opts)
+    gated = session.generate(messages, cm.SteerConfig("benevolence:0.95", method="conva"), opts)
     assert readme_ns["gated_text"] == gated.text
     assert readme_ns["handle"].gate.score == pytest.approx(gated.gate.score, abs=1e-6)
     # the model is restored after every block
@@ -83,7 +83,7 @@ def test_steered_inside_mlx_lm_generate_equals_the_session(readme_ns: dict[str, 
 def test_steered_refuses_what_it_cannot_do(readme_ns: dict[str, Any]) -> None:
     lm, pack = readme_ns["lm"], readme_ns["pack"]
     with pytest.raises(cm.ConvaError, match="prompt="), \
-            cm.steered(lm, pack, "benevolence", mode="prompt"):
+            cm.steered(lm, pack, "benevolence", method="conva", mode="prompt"):
         pass
     with pytest.raises(cm.ConvaError, match="unknown value"), cm.steered(lm, pack, "kindness"):
         pass
@@ -94,13 +94,13 @@ def test_steered_refuses_what_it_cannot_do(readme_ns: dict[str, Any]) -> None:
 
 
 def test_steer_config_parses_strings_and_validates_names() -> None:
-    cfg = cm.SteerConfig(["benevolence:0.97", cm.Target("power", 0.9, away=True)])
+    cfg = cm.SteerConfig(["benevolence:0.97", cm.Target("power", 0.9, away=True)], method="conva")
     assert cfg.targets == [cm.Target("benevolence", 0.97), cm.Target("power", 0.9, True)]
-    assert cm.SteerConfig("achievement").targets == [cm.Target("achievement")]
+    assert cm.SteerConfig("achievement", method="conva").targets == [cm.Target("achievement")]
     for bad, message in (("kindness", "unknown value"), ("benevolence:1.2", "P0"),
                          ("benevolence:high", "bad strength")):
         with pytest.raises(cm.ConvaError, match=message):
-            cm.SteerConfig(bad)
+            cm.SteerConfig(bad, method="conva")
     with pytest.raises(cm.ConvaError, match="unknown value"):
         cm.Target("kindness")
     with pytest.raises(cm.ConvaError, match="unknown method"):

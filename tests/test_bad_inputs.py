@@ -664,7 +664,8 @@ def test_the_summary_averages_each_value_over_its_own_blocks(
     env = Env(tmp_path, *env_sources)
     cli_run = CliRunner().invoke(cli, ["generate", "--pack", str(env.pack()), "--value",
                                        "benevolence", "--value", "power", "--no-gate",
-                                       "--max-tokens", "2", "Should I help my friend?"])
+                                       "--method", "conva", "--max-tokens", "2",
+                                       "Should I help my friend?"])
     assert cli_run.exit_code == 0, cli_run.output
     summary = cli_run.stderr.strip().splitlines()[-1]
     assert "benevolence↑ P" in summary and "power↑ P" in summary and "nan" not in summary

@@ -24,11 +24,11 @@ CONFIGS = {
     "none": SteerConfig(method="none"),
     "ica": SteerConfig([Target("benevolence")], method="ica"),
     "caa": SteerConfig([Target("power")], method="caa", caa_coef=1.5),
-    "conva": SteerConfig([Target("benevolence", 0.99)]),
-    "conva-nogate": SteerConfig([Target("power", 0.99)], gate=False),
+    "conva": SteerConfig([Target("benevolence", 0.99)], method="conva"),
+    "conva-nogate": SteerConfig([Target("power", 0.99)], gate=False, method="conva"),
     "conva-two-values": SteerConfig([Target("benevolence", 0.9),
-                                     Target("power", 0.9, away=True)], gate=False),
-    "conva-neg": SteerConfig([Target("benevolence", 0.97)], negative_prompt=True),
+                                     Target("power", 0.9, away=True)], gate=False, method="conva"),
+    "conva-neg": SteerConfig([Target("benevolence", 0.97)], negative_prompt=True, method="conva"),
 }
 
 
@@ -85,7 +85,7 @@ def test_batched_next_token_logits_match(session: SteeringSession, name: str) ->
 
 
 def test_token_mode_falls_back_to_one_prompt_at_a_time(session: SteeringSession) -> None:
-    cfg = SteerConfig([Target("benevolence", 0.95)], gate=False, mode="token")
+    cfg = SteerConfig([Target("benevolence", 0.95)], gate=False, mode="token", method="conva")
     batched = session.generate_batch(PROMPTS[:2], cfg, GenOptions(max_tokens=4))
     single = [session.generate(p, cfg, GenOptions(max_tokens=4)) for p in PROMPTS[:2]]
     assert [r.tokens for r in batched] == [r.tokens for r in single]

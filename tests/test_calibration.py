@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.evaluation.calibrate import choose_ridge, fit_mix, leakage_means, selectivity
+from conva_mlx.evaluation.calibrate import DosePoint, choose_coef
+from conva_mlx.extraction import contrast_vectors
 from conva_mlx.packs.calibration import (
     CALIBRATION_JSON,
     Calibration,
@@ -23,51 +25,41 @@ from conva_mlx.packs.calibration import (
 from conva_mlx.packs.pack import Pack, load_pack, save_pack
 from conva_mlx.steering import SteerConfig, Target
 from conva_mlx.steering.effects import expected_effects
-from conva_mlx.steering.hooks import calibrated_deltas
+from conva_mlx.steering.hooks import caa_deltas, calibrated_deltas
 
 
-def _leaky(k: int = 6, seed: int = 0) -> np.ndarray:
-    """A leakage matrix like the measured ones: every push moves every value a little in
-    common, its own value most, some rows more than others."""
-    rng = np.random.default_rng(seed)
-    return np.diag(rng.uniform(1.0, 3.0, k)) + rng.uniform(0.3, 1.2, (k, 1)) \
-        + 0.2 * rng.standard_normal((k, k))
+def test_the_size_is_the_smallest_fluent_coefficient_reaching_the_target() -> None:
+    pts = [DosePoint(0.5, 0.5, 0.5, -0.2), DosePoint(1.0, 1.0, 0.6, -0.5),
+           DosePoint(2.0, 3.0, 0.8, -1.0), DosePoint(3.0, 4.0, 0.9, -6.0)]
+    coef, reached = choose_coef(pts, target=2.0, floor=-3.0)
+    assert reached and coef == pytest.approx(1.5, abs=0.02)  # 1.0 -> 1, 2.0 -> 3: 2 at 1.5
 
 
-def test_an_unregularised_mix_undoes_the_leakage() -> None:
-    leak = _leaky()
-    w = fit_mix(leak, target=2.0, ridge=0.0)
-    np.testing.assert_allclose(w @ leak, 2.0 * np.eye(6), atol=1e-8)
+def test_out_of_reach_the_largest_fluent_coefficient_is_used() -> None:
+    pts = [DosePoint(1.0, 0.2, 0.5, -1.0), DosePoint(2.0, 0.4, 0.5, -2.0),
+           DosePoint(3.0, 0.6, 0.5, -5.0)]
+    coef, reached = choose_coef(pts, target=2.0, floor=-3.0)
+    assert not reached and coef == pytest.approx(2.33, abs=0.02)  # fluency -3 at 2.33
+    coef, reached = choose_coef([DosePoint(1.0, 5.0, 0.9, -9.0)], 2.0, -3.0)
+    assert not reached and coef == pytest.approx(0.33, abs=0.02)  # the floor comes first
+    coef, reached = choose_coef([DosePoint(1.0, 5.0, 0.9, -9.0)], 1.0, -3.0)
+    assert reached and coef == pytest.approx(0.2, abs=0.02)
 
 
-def test_every_row_is_sized_to_the_target_shift_and_beats_the_plain_pushes() -> None:
-    leak = _leaky()
-    w = fit_mix(leak, target=2.0, ridge=1.0)
-    pred = w @ leak
-    np.testing.assert_allclose(np.diag(pred), 2.0)
-    own, off, largest = selectivity(pred)
-    base_own, base_off, _ = selectivity(leak)
-    assert own / off > base_own / base_off
-    assert largest == 6
-
-
-def test_a_value_no_push_moves_falls_back_to_its_own_push() -> None:
-    leak = np.array([[0.0, 0.5], [0.0, 2.0]])  # nothing moves value 0's dilemmas
-    w = fit_mix(leak, target=2.0, ridge=1.0)
-    assert w[0, 0] == pytest.approx(1.0) and w[0, 1] == 0.0
-    assert (w @ leak)[1, 1] == pytest.approx(2.0)
-
-
-def test_the_ridge_is_chosen_on_held_out_halves_of_noisy_responses() -> None:
-    rng = np.random.default_rng(1)
-    leak = _leaky(k=4, seed=2)
-    cols = np.repeat(np.arange(4), 20)
-    responses = leak[:, cols] + rng.standard_normal((4, cols.size))
-    ridge, table = choose_ridge(responses, cols, 2.0, repeats=5)
-    assert ridge in [row["ridge"] for row in table]
-    best = max(row["selectivity"] for row in table)
-    plain_own, plain_off, _ = selectivity(leakage_means(responses, cols, 4))
-    assert best > plain_own / plain_off
+def test_contrast_vectors_set_one_value_against_the_rest_at_the_mean_difference_norm(
+        ) -> None:
+    rng = np.random.default_rng(0)
+    pos = {v: rng.standard_normal((3, 8)) for v in ("a", "b", "c")}
+    md = {v: rng.standard_normal((3, 8)) for v in pos}
+    out = contrast_vectors(pos, md)
+    for v in pos:
+        want = pos[v] - np.mean([pos[u] for u in pos if u != v], axis=0)
+        cos = (out[v] * want).sum(-1) / (np.linalg.norm(out[v], axis=-1)
+                                         * np.linalg.norm(want, axis=-1))
+        np.testing.assert_allclose(cos, 1.0, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(out[v], axis=-1),
+                                   np.linalg.norm(md[v], axis=-1), rtol=1e-5)
+    assert contrast_vectors({"a": pos["a"]}, {"a": md["a"]}) == {}
 
 
 def _value_cal(unsteered: float = 0.4) -> ValueCalibration:
@@ -90,7 +82,7 @@ def test_a_strength_reads_off_the_measured_curve_and_back() -> None:
 
 def _calibration(values: dict[str, ValueCalibration], fingerprint: str = "f" * 16
                  ) -> Calibration:
-    return Calibration(fingerprint, "h", "accuracy", 2.0, values, 1.0)
+    return Calibration(fingerprint, "h", "accuracy", 2.0, values, direction="mean-diff")
 
 
 def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -> None:
@@ -111,6 +103,7 @@ def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -
     (lambda d: d["values"]["benevolence"].update(unsteered_favoured=1.5), "share"),
     (lambda d: d["values"]["benevolence"]["mix"].update(kindness=1.0), "unknown value"),
     (lambda d: d.update(target_shift=-1), "target_shift"),
+    (lambda d: d.update(direction="probe"), "direction"),
 ])
 def test_a_bad_calibration_file_is_one_clear_error(tmp_path: Path, edit, message: str) -> None:
     data = _calibration({"benevolence": _value_cal()}).to_json()
@@ -150,22 +143,33 @@ def test_the_calibrated_push_is_the_mix_of_mean_differences_times_the_strength(
     assert isinstance(half[k], mx.array)
 
 
-def test_an_uncalibrated_pack_pushes_the_value_own_mean_difference(small_pack: Pack) -> None:
+def test_an_uncalibrated_pack_pushes_the_value_contrast_vector(small_pack: Pack) -> None:
     cfg = SteerConfig(["power"], method="calibrated")
     assert small_pack.calibration is None
+    contrast = small_pack.values["power"].contrast
+    assert contrast is not None  # extraction computes it (power against benevolence)
     deltas = calibrated_deltas(small_pack, cfg, cfg.targets)
-    caa = SteerConfig(["power"], method="caa")
-    from conva_mlx.steering.hooks import caa_deltas
-    plain = caa_deltas(small_pack, caa, caa.targets)
-    assert sorted(deltas) == sorted(plain)
+    assert sorted(deltas) == sorted(small_pack.values["power"].layers)
     for k in deltas:
-        np.testing.assert_allclose(np.array(deltas[k]), np.array(plain[k]), rtol=1e-6)
+        np.testing.assert_allclose(np.array(deltas[k]), contrast[k], rtol=1e-6)
+        assert np.linalg.norm(contrast[k]) == pytest.approx(
+            np.linalg.norm(small_pack.values["power"].probes.caa[k]), rel=1e-4)
+    # without contrast vectors (an older pack) it is CAA's push
+    old = Pack(small_pack.model, {v: replace(e, contrast=None)
+                                  for v, e in small_pack.values.items()},
+               small_pack.gate, small_pack.dataset_hash, recipe=small_pack.recipe)
+    plain = caa_deltas(old, SteerConfig(["power"], method="caa"), cfg.targets)
+    for k, d in calibrated_deltas(old, cfg, cfg.targets).items():
+        np.testing.assert_allclose(np.array(d), np.array(plain[k]), rtol=1e-6)
 
 
 def test_a_pack_finds_its_calibration_and_a_foreign_one_is_refused(
         small_pack: Pack, tmp_path: Path) -> None:
     out = save_pack(small_pack, tmp_path / "p")
-    assert load_pack(out).calibration is None
+    plain = load_pack(out)
+    assert plain.calibration is None
+    for v, e in small_pack.values.items():
+        np.testing.assert_array_equal(plain.values[v].contrast, e.contrast)
     cal = _calibration({"power": ValueCalibration({"power": 1.0}, 0.5, [])},
                        small_pack.model.fingerprint)
     write_calibration(cal, out)
@@ -184,3 +188,38 @@ def test_a_pack_finds_its_calibration_and_a_foreign_one_is_refused(
         load_pack(out)
     cal_none, source = find_calibration(None, "0" * 16, "h", "accuracy")
     assert cal_none is None and source == ""
+
+
+def test_calibrate_cli_sizes_each_value_writes_the_pack_and_resumes(
+        small_pack_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from conva_mlx.cli.main import cli
+    from conva_mlx.evaluation.calibrate import band_blocks
+
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(small_pack_dir, pack_dir)
+    out = tmp_path / "cal"
+    args = ["calibrate", "--pack", str(pack_dir), "--n", "4", "--coefs", "0.5,1",
+            "--out", str(out), "--json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    cal = load_pack(pack_dir).calibration
+    assert cal is not None and set(cal.values) == {"benevolence", "power"}
+    assert cal.direction == "contrast"
+    assert cal.blocks == band_blocks(load_pack(pack_dir).model.num_layers)
+    for name, v in cal.values.items():
+        (coef,) = v.mix.values()
+        assert set(v.mix) == {name} and 0 < coef <= 1.0
+        assert sorted(p.strength for p in v.curve) == pytest.approx(
+            sorted(c / coef for c in (0.5, 1.0)), rel=1e-3)
+        assert v.n == 4
+    scored = (out / "choices.jsonl").read_text().count("\n")
+    assert scored == 2 * 4 * 3  # (none + two coefficients) x 4 dilemmas x 2 values
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "--force" in again.output  # before loading the model
+    forced = CliRunner().invoke(cli, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (out / "choices.jsonl").read_text().count("\n") == scored  # resumed, not rescored

@@ -58,7 +58,7 @@ def test_loglik_batch_equals_one_at_a_time(default_lm: LoadedModel, small_pack: 
     requests = [(DILEMMA, [HELP, RELAX]), ("Should I report my friend for cheating?",
                                            ["You should report him.", "You should not."])]
     for cfg in (SteerConfig(method="none"), SteerConfig(["benevolence"], method="caa"),
-                SteerConfig(["benevolence:0.99"], gate=False)):
+                SteerConfig(["benevolence:0.99"], gate=False, method="conva")):
         batched = [s.logliks for s in session.loglik_batch(requests, cfg)]
         single = [[session.loglik(q, c, cfg) for c in cs] for q, cs in requests]
         np.testing.assert_allclose(batched, single, atol=2e-3)
@@ -78,7 +78,7 @@ def test_closed_gate_gives_exactly_the_unsteered_likelihood(default_lm: LoadedMo
     pack.gate.threshold = 1.1  # never opens
     session = SteeringSession(default_lm, pack)
     gated = session.loglik_batch([(DILEMMA, [HELP, RELAX])],
-                                 SteerConfig(["benevolence:0.999"]))[0]
+                                 SteerConfig(["benevolence:0.999"], method="conva"))[0]
     assert gated.gate.used and not gated.gate.open and gated.layers == []
     plain = session.loglik_batch([(DILEMMA, [HELP, RELAX])], SteerConfig(method="none"))[0]
     assert gated.logliks == plain.logliks
@@ -95,7 +95,8 @@ def test_steering_moves_the_likelihood_and_token_mode_scores(default_lm: LoadedM
     base = lr(SteerConfig(method="none"))
     assert lr(SteerConfig(["benevolence"], method="caa", caa_coef=4.0)) != base
     token = session.loglik_batch([(DILEMMA, [HELP])],
-                                 SteerConfig(["benevolence:0.99"], gate=False, mode="token"))[0]
+                                 SteerConfig(["benevolence:0.99"], gate=False, mode="token",
+                                             method="conva"))[0]
     assert token.layers and np.isfinite(token.logliks[0])
 
 

@@ -47,7 +47,8 @@ def test_the_cli_default_changes_the_reply_when_a_value_is_chosen(full_pack_dir:
     assert a["text"] != b["text"]
     (effect,) = b["expected"]
     assert effect["value"] == "benevolence" and effect["strength"] == pytest.approx(1.0)
-    assert 0 <= effect["unsteered"] <= effect["favoured"] <= 1
+    # what the measured curve says, even where the push does not raise the share
+    assert 0 <= effect["unsteered"] <= 1 and 0 <= effect["favoured"] <= effect["max_favoured"]
 
 
 def test_an_effect_asks_the_curve_for_its_strength(full_pack_dir: Path,

@@ -233,7 +233,8 @@ def test_imported_pack_refuses_conva_and_steers_with_caa(tmp_path: Path,
     session = SteeringSession(default_lm, pack)
     with pytest.raises(ConvaError, match="imported control vectors have no probe; "
                                          "use --method caa"):
-        session.generate("Hello", SteerConfig([Target("benevolence")]), GenOptions(2))
+        session.generate("Hello", SteerConfig([Target("benevolence")],
+                                              method="conva"), GenOptions(2))
     out = session.generate("Hello", SteerConfig([Target("benevolence")], method="caa"),
                            GenOptions(2))
     assert [r.index for r in out.layers] == [4, 8]
@@ -312,7 +313,7 @@ def test_exported_vectors_steer_pytorch_like_mlx(tmp_path: Path, default_lm: Loa
 
     # MLX: gate score (unsteered) and prompt-mode steered states at every block
     pack.check_model(lm.model_id, lm.fingerprint)
-    cfg = SteerConfig([Target(value, p0)], gate=False)
+    cfg = SteerConfig([Target(value, p0)], gate=False, method="conva")
     tokens = mx.array(ids)
     measure = PromptModeMeasure(layer_plans(pack, cfg, resolve_targets(pack, cfg.targets)))
     PromptBatch(lm.model, [tokens]).prefill(measure.hooks())

@@ -217,7 +217,7 @@ def _steering_can_use(pack: Any) -> None:
         assert caa_deltas(pack, SteerConfig(targets, method="caa"), targets)
         if entry.fixed_scale is not None:
             continue
-        plans = layer_plans(pack, SteerConfig(targets), targets)
+        plans = layer_plans(pack, SteerConfig(targets, method="conva"), targets)
         assert plans and [p.index for p in plans] == sorted(entry.layers)
         for plan in plans:
             delta = minimal_delta(mx.zeros((1, pack.model.hidden_size)), plan.cons)

@@ -39,7 +39,8 @@ def test_a_steered_reply_on_the_15b_reaches_the_target(qwen15b: LoadedModel) -> 
     assert layers and all(0 < k < qwen15b.num_layers for k in layers)
     session = SteeringSession(qwen15b, pack)
     p0 = 0.99
-    result = session.generate(SELFISH, SteerConfig([Target("benevolence", p0)], gate=False),
+    result = session.generate(SELFISH, SteerConfig([Target("benevolence", p0)], gate=False,
+                                                   method="conva"),
                               GenOptions(max_tokens=24))
     assert result.text.strip()
     assert [r.index for r in result.layers] == layers

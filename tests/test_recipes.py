@@ -126,14 +126,16 @@ def test_a_pack_records_its_recipe_and_old_packs_read_as_accuracy(
 def test_the_direction_comes_from_the_config_or_the_pack_recipe(
         paper_pack: Pack, default_lm: LoadedModel) -> None:
     targets = [Target("benevolence", 0.95)]
-    plain = layer_plans(paper_pack, SteerConfig(targets), targets)
+    plain = layer_plans(paper_pack, SteerConfig(targets, method="conva"), targets)
     assert all(p.cons.moves is None for p in plain)
-    along = layer_plans(paper_pack, SteerConfig(targets, direction="mean-diff"), targets)
+    along = layer_plans(paper_pack, SteerConfig(targets, direction="mean-diff",
+                                                method="conva"), targets)
     assert all(p.cons.moves is not None for p in along)
     session = SteeringSession(default_lm, paper_pack)
     prompt = "Should I lend my savings to my brother or keep them for my own plans?"
-    a = session.generate(prompt, SteerConfig(targets, gate=False))
-    b = session.generate(prompt, SteerConfig(targets, gate=False, direction="mean-diff"))
+    a = session.generate(prompt, SteerConfig(targets, gate=False, method="conva"))
+    b = session.generate(prompt, SteerConfig(targets, gate=False, direction="mean-diff",
+                                             method="conva"))
     # along the mean difference the step is longer for the same probe reading
     assert b.layers[0].delta_norm >= a.layers[0].delta_norm
     assert all(r.p_after["benevolence"] >= 0.95 - 1e-3 for r in b.layers)
@@ -162,16 +164,18 @@ def test_eval_recipe_extracts_its_pack_once_and_reuses_it(tmp_path: Path) -> Non
 def test_generated_positions_only_batches_like_one_prompt_and_reaches_p0(
         paper_pack: Pack, default_lm: LoadedModel) -> None:
     session = SteeringSession(default_lm, paper_pack)
-    cfg = SteerConfig([Target("benevolence", 0.97)], gate=False, positions="generated")
+    cfg = SteerConfig([Target("benevolence", 0.97)], gate=False, positions="generated",
+                      method="conva")
     prompts = ["Should I spend Sunday helping my sister move house or finish my own project?",
                "Should I keep the money I found?"]
     one = [session.generate(p, cfg, GenOptions(max_tokens=8)) for p in prompts]
     batch = session.generate_batch(prompts, cfg, GenOptions(max_tokens=8))
     assert [r.tokens for r in batch] == [r.tokens for r in one]
     assert all(r.p_after["benevolence"] >= 0.97 - 1e-3 for r in one[0].layers)
-    every = session.generate(prompts[0], SteerConfig([Target("benevolence", 0.97)], gate=False),
+    every = session.generate(prompts[0], SteerConfig([Target("benevolence", 0.97)], gate=False,
+                                                     method="conva"),
                              GenOptions(max_tokens=8))
     # the prompt's other positions stay plain, so later blocks measure other deltas
     assert [r.delta_norm for r in every.layers] != [r.delta_norm for r in one[0].layers]
     with pytest.raises(ConvaError, match="prompt-mode setting"):
-        SteerConfig(["benevolence"], mode="token", positions="generated")
+        SteerConfig(["benevolence"], mode="token", positions="generated", method="conva")

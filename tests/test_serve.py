@@ -20,7 +20,7 @@ import pytest
 
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
-from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
+from conva_mlx.steering import DEFAULT_METHOD, GenOptions, SteerConfig, SteeringSession
 from tests.local_servers import free_port, running_server
 
 KEY = "test-key-not-secret"
@@ -62,7 +62,7 @@ def _ask(client: Any, prompt: str, steering: dict[str, Any] | None,
 
 def _cfg(steering: dict[str, Any]) -> SteerConfig:
     values = [f"{v}:{p}" for v, p in steering.get("values", {}).items()]
-    return SteerConfig(values, method=steering.get("method", "conva"),
+    return SteerConfig(values, method=steering.get("method", DEFAULT_METHOD),
                        mode=steering.get("mode", "prompt"), gate=steering.get("gate", True))
 
 
@@ -207,9 +207,13 @@ BAD = [
     ("a number inside steering.away", _msg(steering={"away": [1]}), None,
      "'steering.away' as a list must hold value names", 400),
     ("a string P0", _msg(steering={"values": {"benevolence": "high"}}), None,
-     "P0 for 'benevolence' must be a number", 400),
+     "the level for 'benevolence' must be a number", 400),
     ("a NaN P0", None, json.dumps(_msg(steering={"values": {"benevolence": float("nan")}}))
      .encode(), "P0 must be in [0.5, 1), got nan", 400),
+    ("a string strength", _msg(steering={"values": ["benevolence"], "strength": "x"}), None,
+     "'steering.strength' must be a number", 400),
+    ("a strength out of range", _msg(steering={"values": ["benevolence"], "strength": 9}),
+     None, "strength must be in [0, 8]", 400),
     ("steering.method a list", _msg(steering={"method": ["conva"]}), None,
      "'steering.method' must be a string", 400),
     ("steering.mode an object", _msg(steering={"mode": {}}), None,

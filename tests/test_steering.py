@@ -57,7 +57,7 @@ def test_prompt_mode_reaches_p0_at_every_steered_layer(session: SteeringSession,
                                                       default_lm: LoadedModel,
                                                       small_pack: Pack) -> None:
     p0 = 0.97
-    cfg = SteerConfig([Target("benevolence", p0)], gate=False)
+    cfg = SteerConfig([Target("benevolence", p0)], gate=False, method="conva")
     result = session.generate(DILEMMA, cfg, SHORT)
     layers = small_pack.values["benevolence"].layers
     assert [r.index for r in result.layers] == layers
@@ -77,7 +77,7 @@ def test_prompt_mode_deltas_are_applied_in_block_order(session: SteeringSession,
                                                        small_pack: Pack) -> None:
     """Reproduce the measuring pass by hand: each block's delta from its own steered input."""
     p0 = 0.97
-    cfg = SteerConfig([Target("benevolence", p0)], gate=False)
+    cfg = SteerConfig([Target("benevolence", p0)], gate=False, method="conva")
     result = session.generate(DILEMMA, cfg, GenOptions(max_tokens=1))
     prompt = default_lm.chat_prompt([{"role": "user", "content": DILEMMA}])
     probes = small_pack.values["benevolence"].probes
@@ -97,10 +97,11 @@ def test_prompt_mode_deltas_are_applied_in_block_order(session: SteeringSession,
 def test_state_already_at_target_is_left_untouched(session: SteeringSession,
                                                    small_pack: Pack) -> None:
     layer = small_pack.values["power"].layers[0]
-    probe = SteerConfig([Target("power", 0.5)], gate=False, layers=[layer])
+    probe = SteerConfig([Target("power", 0.5)], gate=False, layers=[layer], method="conva")
     before = session.generate(DILEMMA, probe, GenOptions(max_tokens=1)).layers[0]
     already = before.p_before["power"] >= 0.5
-    cfg = SteerConfig([Target("power", 0.5, away=not already)], gate=False, layers=[layer])
+    cfg = SteerConfig([Target("power", 0.5, away=not already)], gate=False, layers=[layer],
+                      method="conva")
     report = session.generate(DILEMMA, cfg, GenOptions(max_tokens=1)).layers[0]
     assert report.delta_norm == 0.0
 
@@ -108,7 +109,7 @@ def test_state_already_at_target_is_left_untouched(session: SteeringSession,
 def test_token_mode_holds_the_guarantee_at_every_generated_token(
         session: SteeringSession) -> None:
     p0 = 0.95
-    cfg = SteerConfig([Target("benevolence", p0)], gate=False, mode="token")
+    cfg = SteerConfig([Target("benevolence", p0)], gate=False, mode="token", method="conva")
     result = session.generate(DILEMMA, cfg, SHORT)
     assert result.layers
     for r in result.layers:
@@ -117,7 +118,8 @@ def test_token_mode_holds_the_guarantee_at_every_generated_token(
 
 def test_gate_closed_gives_exactly_the_unsteered_tokens(session: SteeringSession) -> None:
     plain = session.generate(UNRELATED, SteerConfig(method="none"), SHORT)
-    gated = session.generate(UNRELATED, SteerConfig([Target("benevolence", 0.99)]), SHORT)
+    gated = session.generate(UNRELATED, SteerConfig([Target("benevolence", 0.99)],
+                                                    method="conva"), SHORT)
     assert gated.gate.used and not gated.gate.open
     assert gated.tokens == plain.tokens
     assert gated.layers == []
@@ -125,7 +127,7 @@ def test_gate_closed_gives_exactly_the_unsteered_tokens(session: SteeringSession
 
 def test_gate_open_changes_the_reply(session: SteeringSession) -> None:
     plain = session.generate(DILEMMA, SteerConfig(method="none"), SHORT)
-    steered = session.generate(DILEMMA, SteerConfig([Target("power", 0.99)]), SHORT)
+    steered = session.generate(DILEMMA, SteerConfig([Target("power", 0.99)], method="conva"), SHORT)
     assert steered.gate.open
     assert steered.tokens != plain.tokens
 
@@ -141,8 +143,10 @@ def test_zero_strength_steering_is_bit_identical_to_plain(session: SteeringSessi
 def test_baselines_run_in_the_same_engine(session: SteeringSession) -> None:
     for cfg in (SteerConfig([Target("benevolence")], method="ica"),
                 SteerConfig([Target("benevolence")], method="caa", caa_coef=2.0),
-                SteerConfig([Target("benevolence")], negative_prompt=True, gate=False),
-                SteerConfig([Target("benevolence")], probes="uncontrolled", gate=False)):
+                SteerConfig([Target("benevolence")], negative_prompt=True, gate=False,
+                            method="conva"),
+                SteerConfig([Target("benevolence")], probes="uncontrolled", gate=False,
+                            method="conva")):
         result = session.generate(DILEMMA, cfg, GenOptions(max_tokens=4))
         assert isinstance(result.text, str)
     prompt = session.build_prompt([{"role": "user", "content": "Hi"}],
@@ -152,7 +156,8 @@ def test_baselines_run_in_the_same_engine(session: SteeringSession) -> None:
 
 
 def test_several_values_are_steered_together(session: SteeringSession) -> None:
-    cfg = SteerConfig([Target("benevolence", 0.9), Target("power", 0.9, away=True)], gate=False)
+    cfg = SteerConfig([Target("benevolence", 0.9), Target("power", 0.9, away=True)], gate=False,
+                      method="conva")
     a = session.generate(DILEMMA, cfg, SHORT)
     b = session.generate(DILEMMA, cfg, SHORT)
     assert a.tokens == b.tokens  # deterministic
@@ -175,13 +180,13 @@ def test_unknown_value_and_bad_strength_are_clear_errors(session: SteeringSessio
     with pytest.raises(ConvaError, match="strength P0"):
         Target.parse("power:1.5")
     with pytest.raises(ConvaError, match="not in this pack"):
-        session.generate(DILEMMA, SteerConfig([Target("tradition")]), SHORT)
+        session.generate(DILEMMA, SteerConfig([Target("tradition")], method="conva"), SHORT)
 
 
 def test_generate_cli_prints_json_diagnostics(small_pack_dir: Path) -> None:
     result = CliRunner().invoke(cli, ["generate", "--pack", str(small_pack_dir), "--value",
                                       "benevolence:0.97", "--no-gate", "--max-tokens", "6",
-                                      "--json", DILEMMA])
+                                      "--method", "conva", "--json", DILEMMA])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output[result.output.index("{"):])
     assert {"text", "gate", "layers"} <= set(out)

@@ -48,14 +48,14 @@ def hidden_norms(session: SteeringSession, prompts: list[str]) -> np.ndarray:
     model = session.lm.model
     n_layers = session.lm.num_layers
     sums = np.zeros(n_layers)
+    seen: dict[int, float] = {}
+
+    def grab(k: int, h: mx.array) -> mx.array:
+        seen[k] = float(mx.linalg.norm(h[0, -1].astype(mx.float32)))
+        return h
+
     for p in prompts:
         tokens = session.prepare(p, SteerConfig(method="none")).tokens
-        seen: dict[int, float] = {}
-
-        def grab(k: int, h: mx.array) -> mx.array:
-            seen[k] = float(mx.linalg.norm(h[0, -1].astype(mx.float32)))
-            return h
-
         with hooked_blocks(model, {k: grab for k in range(n_layers)}):
             mx.eval(model(tokens[None]))
         sums += np.array([seen[k] for k in range(n_layers)])

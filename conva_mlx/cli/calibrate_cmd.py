@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,22 +18,20 @@ def _default_out(model_spec: str) -> Path:
     return Path("runs") / f"calibrate-{name or 'model'}"
 
 
-def _table(cal_json: dict[str, object]) -> str:
-    values = cal_json["values"]
-    assert isinstance(values, dict)
-    strengths = sorted({p["strength"] for v in values.values() for p in v["curve"]})
-    head = ("| value | unsteered | " + " | ".join(f"x{s:g}" for s in strengths)
-            + " | mix (largest weights) |")
-    lines = ["Share of calibration dilemmas favouring the value, by strength "
-             "(fluency = change of the actions' log-likelihood, nats):", "",
-             head, "|" + "---|" * (len(strengths) + 3)]
-    for name, v in values.items():
-        by_s = {p["strength"]: p for p in v["curve"]}
-        cells = [f"{by_s[s]['favoured']:.2f} ({by_s[s]['fluency']:+.2f})" if s in by_s
-                 else "-" for s in strengths]
-        mix = sorted(v["mix"].items(), key=lambda kv: -abs(kv[1]))[:3]
-        lines.append(f"| {name} | {v['unsteered_favoured']:.2f} | " + " | ".join(cells)
-                     + " | " + ", ".join(f"{k} {w:+.2f}" for k, w in mix) + " |")
+def _table(cal_json: dict[str, Any]) -> str:
+    blocks = cal_json.get("blocks")
+    where = f"blocks {blocks[0]}-{blocks[-1]}" if blocks else "each value's recipe blocks"
+    lines = [f"Direction: {cal_json['direction']}, at {where}. Per value: the coefficient "
+             "of strength 1 and the measured curve, strength: share of calibration "
+             "dilemmas favouring the value (change of the actions' log-likelihood, nats).",
+             "",
+             "| value | unsteered | coefficient | curve |", "|---|---|---|---|"]
+    for name, v in cal_json["values"].items():
+        curve = ", ".join(f"x{p['strength']:.2g}: {p['favoured']:.2f} ({p['fluency']:+.1f})"
+                          for p in v["curve"])
+        coef = ", ".join(f"{w:.2f}" if k == name else f"{k} {w:+.2f}"
+                         for k, w in v["mix"].items())
+        lines.append(f"| {name} | {v['unsteered_favoured']:.2f} | {coef} | {curve} |")
     return "\n".join(lines)
 
 
@@ -42,31 +41,36 @@ def _table(cal_json: dict[str, object]) -> str:
 @model_option
 @click.option("--n", type=int, default=None,
               help="At most N calibration dilemmas per value (default: all 30).")
-@click.option("--target-shift", type=float, default=3.0, show_default=True,
+@click.option("--target-shift", type=float, default=1.5, show_default=True,
               help="Own-dilemma shift (nats of log-likelihood ratio) at strength 1.")
-@click.option("--strengths", "strengths_spec", default="0.5,1,1.5", show_default=True,
-              help="Strengths whose effect is measured (the curve).")
-@click.option("--ridge", type=float, default=None,
-              help="Ridge of the mix (relative); default: chosen on split halves.")
+@click.option("--coefs", "coefs_spec", default="0.25,0.5,1,1.5", show_default=True,
+              help="Coefficients of the dose-response (multiples of each value's vector).")
+@click.option("--fluency-floor", type=float, default=-4.0, show_default=True,
+              help="Most the written actions' log-likelihood may drop (nats).")
+@click.option("--blocks", type=click.Choice(["band", "recipe"]), default="band",
+              show_default=True,
+              help="band: every value at the blocks 30%-70% of the depth; recipe: the "
+                   "pack's blocks for each value.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Scores (resumable; default runs/calibrate-MODEL).")
 @click.option("--force", is_flag=True, help="Replace the pack's calibration.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 def calibrate(pack_spec: str | None, dtype: str, model_spec: str, n: int | None,
-              target_shift: float, strengths_spec: str, ridge: float | None,
+              target_shift: float, coefs_spec: str, fluency_floor: float, blocks: str,
               batch_size: int, out_dir: Path | None, force: bool, as_json: bool) -> None:
-    """Measure how each value's push moves every value's dilemmas (calibration half), fit
-    the default method's push per value, measure its strength-to-effect curve, and write
-    calibration.json into the pack."""
+    """Measure each value's dose-response on the calibration half of the dilemmas, size the
+    default method's push per value (the smallest that reaches the target shift and stays
+    fluent), and write calibration.json (with the strength-to-effect curve) into the pack."""
     from conva_mlx.cli.packs import model_and_pack
     from conva_mlx.evaluation.calibrate import CalibrateOptions, run_calibration
     from conva_mlx.packs.calibration import CALIBRATION_JSON, write_calibration
     from conva_mlx.steering import SteeringSession
 
-    strengths = parse_floats(strengths_spec, "--strengths") or []
-    opts = CalibrateOptions(n=n, target_shift=target_shift, strengths=tuple(strengths),
-                            ridge=ridge, batch_size=batch_size, say=log)
+    coefs = parse_floats(coefs_spec, "--coefs") or []
+    opts = CalibrateOptions(n=n, target_shift=target_shift, coefs=tuple(coefs),
+                            fluency_floor=fluency_floor, blocks=blocks,
+                            batch_size=batch_size, say=log)
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
     if pack_spec is not None and not pack_spec.startswith("hf://"):

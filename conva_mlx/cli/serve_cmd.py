@@ -21,8 +21,11 @@ from conva_mlx.steering.session import SteeringSession
 
 def merge_packs(packs: list[Pack]) -> Pack:
     """One pack offering every value of the packs given (the first pack holding a value
-    serves it; the gate comes from the first pack that has one)."""
+    serves it; the gate comes from the first pack that has one). One pack is served as it
+    is; the calibration of several is the first pack's when it covers every value."""
     first = packs[0]
+    if len(packs) == 1:
+        return first
     values: dict[str, ValueEntry] = {}
     for p in packs:
         if p.model.fingerprint != first.model.fingerprint:
@@ -31,7 +34,12 @@ def merge_packs(packs: list[Pack]) -> Pack:
         for name, entry in p.values.items():
             values.setdefault(name, entry)
     gate = next((p.gate for p in packs if p.gate is not None), None)
-    return Pack(first.model, values, gate, first.dataset_hash, first.capture, first.extra)
+    merged = Pack(first.model, values, gate, first.dataset_hash, first.capture, first.extra,
+                  first.recipe)
+    cal = first.calibration
+    if cal is not None and set(cal.values) >= set(values):
+        merged.calibration, merged.calibration_source = cal, first.calibration_source
+    return merged
 
 
 @click.command()

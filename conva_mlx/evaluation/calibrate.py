@@ -1,18 +1,19 @@
-"""`conva-mlx calibrate`: size and aim the default method's push by measurement.
+"""`conva-mlx calibrate`: size the default method's push per value, by measurement.
 
-1. Responses (calibration half): every value's dilemmas scored unsteered and under each
-   value's mean-difference push (CAA x1): the per-dilemma leakage responses R (10 pushes x
-   dilemmas) and their 10 x 10 mean L (push x value whose dilemmas are scored).
-2. The mix: steering is close to linear in the push (CAA x2 moves about twice CAA x1), so
-   the push a x (the ten mean differences) moves value u's dilemmas by about (a L)_u. Per
-   value v the ridge solution of a L = target x e_v (v's dilemmas up, the others still)
-   with its ridge chosen by split halves of the calibration dilemmas, rescaled so the
-   predicted own shift is the target: strength 1.
-3. The curve: the calibrated push at a few strengths on each value's own dilemmas: shift,
-   share favoured, and the change of the written actions' log-likelihood (fluency). It is
-   cross-fitted: each half of the dilemmas is pushed with the mix fitted on the other half,
-   so the curve promises what a push does on dilemmas it was not fitted on (a mix measured
-   on its own fitting dilemmas looks about twice as strong as it is).
+1. The dose-response (calibration half): each value's push along its direction (the pack's
+   contrast vectors: the value's positive sentences against the other values'; else its
+   mean difference) at a few coefficients, scored on the value's own dilemmas: the shift
+   of log p(value action) - log p(competing action), the share favouring the value, and
+   the change of the written actions' log-likelihood (fluency).
+2. The size: per value the smallest coefficient whose (interpolated) shift reaches the
+   target, among those whose fluency change stays above the floor; where the target is out
+   of reach, the largest fluent coefficient. Strength 1 = that coefficient.
+3. The curve: the measured points in strength units, so a level such as "favoured on 80%
+   of held-out dilemmas" maps to a strength and back.
+
+(A first form aimed each push with the ridge inverse of the 10 x 10 leakage responses; on
+the default model its held-out selectivity was 1.32 at best, four values did not move and
+the mixes broke fluency, so it was dropped: docs/evaluation.md.)
 """
 
 from __future__ import annotations
@@ -35,22 +36,35 @@ from conva_mlx.evaluation.choices import (
     score_key,
 )
 from conva_mlx.evaluation.store import JsonlStore
-from conva_mlx.packs.calibration import Calibration, CurvePoint, ValueCalibration
+from conva_mlx.packs.calibration import (
+    MAX_STRENGTH,
+    Calibration,
+    CurvePoint,
+    ValueCalibration,
+)
 from conva_mlx.steering import SteeringSession
 from conva_mlx.values import VALUE_NAMES
 
-BASIS = MethodSetting("caa")  # CAA x1: the pushes whose responses the mix combines
-RIDGES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # relative to the mean squared response
-DEFAULT_STRENGTHS = (0.5, 1.0, 1.5)
-DEFAULT_TARGET = 3.0  # nats of own-dilemma shift at strength 1
+DEFAULT_COEFS = (0.25, 0.5, 1.0, 1.5)
+DEFAULT_TARGET = 1.5  # nats of own-dilemma shift at strength 1
+DEFAULT_FLUENCY_FLOOR = -4.0  # nats: the most the written actions may lose (CAA x1: -2.2)
+BAND = (0.3, 0.7)  # the depth band: where CAA-style pushes work in the literature
+BLOCK_CHOICES = ("band", "recipe")
+
+
+def band_blocks(num_layers: int, band: tuple[float, float] = BAND) -> list[int]:
+    """The blocks between 30% and 70% of the depth (at least one)."""
+    lo, hi = round(band[0] * num_layers), round(band[1] * num_layers)
+    return list(range(lo, max(hi, lo + 1)))
 
 
 @dataclass
 class CalibrateOptions:
     n: int | None = None  # dilemmas per value (None = the whole calibration half)
     target_shift: float = DEFAULT_TARGET
-    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
-    ridge: float | None = None  # None = chosen on split halves
+    coefs: tuple[float, ...] = DEFAULT_COEFS
+    fluency_floor: float = DEFAULT_FLUENCY_FLOOR
+    blocks: str = "band"  # band: every value at the depth band; recipe: the pack's blocks
     batch_size: int = 16
     show_progress: bool = True
     progress: Callable[[int, int], None] | None = None
@@ -59,125 +73,70 @@ class CalibrateOptions:
     def __post_init__(self) -> None:
         if not self.target_shift > 0:
             raise ConvaError(f"the target shift must be > 0 nats, got {self.target_shift}")
-        if not self.strengths or any(not 0 < s <= 8 for s in self.strengths):
-            raise ConvaError("strengths must be in (0, 8]")
-        if self.ridge is not None and not self.ridge >= 0:
-            raise ConvaError(f"the ridge must be >= 0, got {self.ridge}")
+        if not self.coefs or any(not 0 < c <= MAX_STRENGTH for c in self.coefs):
+            raise ConvaError(f"coefficients must be in (0, {MAX_STRENGTH:g}]")
+        if not self.fluency_floor < 0:
+            raise ConvaError(f"the fluency floor must be < 0 nats, got {self.fluency_floor}")
+        if self.blocks not in BLOCK_CHOICES:
+            raise ConvaError(f"blocks must be one of {', '.join(BLOCK_CHOICES)}")
         if self.n is not None and self.n < 4:
             raise ConvaError("calibration needs at least 4 dilemmas per value (--n)")
 
 
-# ---------------------------------------------------------------- the fit (pure numpy)
-
-def leakage_means(responses: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-    """(pushes, dilemmas) shifts -> (pushes, k) means over each value's dilemmas."""
-    return np.stack([responses[:, cols == u].mean(axis=1) for u in range(k)], axis=1)
-
-
-def fit_mix(leak: np.ndarray, target: float, ridge: float) -> np.ndarray:
-    """Mixing weights W (row v: the push for value v as weights on the basis pushes) with
-    W L ~ target x I; `ridge` is relative to the mean squared response. Each row is
-    rescaled so its predicted own shift is `target` (a row whose own shift would be <= 0
-    falls back to its own basis push, sized the same way when it can be)."""
-    k = leak.shape[0]
-    scale = float(np.mean(leak ** 2)) or 1.0
-    gram = leak @ leak.T + ridge * scale * np.eye(k)
-    w = target * np.linalg.solve(gram, leak).T  # rows: (target e_v) L^T (L L^T + r I)^-1
-    for v in range(k):
-        own = float(w[v] @ leak[:, v])
-        if own > 1e-9:
-            w[v] *= target / own
-        else:
-            w[v] = 0.0
-            w[v, v] = target / leak[v, v] if leak[v, v] > 1e-9 else 1.0
-    return w
+@dataclass(frozen=True)
+class DosePoint:
+    coef: float
+    shift: float
+    favoured: float
+    fluency: float
 
 
-def selectivity(pred: np.ndarray) -> tuple[float, float, int]:
-    """(mean own shift, mean |off-target shift|, rows whose own value moved most)."""
-    k = pred.shape[0]
-    own = np.diag(pred)
-    off = np.array([np.abs(np.delete(pred[v], v)).mean() for v in range(k)])
-    largest = sum(int(np.argmax(np.abs(pred[v])) == v) for v in range(k))
-    return float(own.mean()), float(off.mean()), largest
+def choose_coef(points: list[DosePoint], target: float, floor: float) -> tuple[float, bool]:
+    """The smallest coefficient whose interpolated shift reaches `target` among the fluent
+    ones (fluency >= floor, interpolated too); else the largest fluent coefficient.
+    Returns (coefficient, whether the target was reached)."""
+    pts = sorted(points, key=lambda p: p.coef)
+    xs = np.array([0.0] + [p.coef for p in pts])
+    shifts = np.array([0.0] + [p.shift for p in pts])
+    flu = np.array([0.0] + [p.fluency for p in pts])
+    grid = np.linspace(0.0, xs[-1], 400)[1:]
+    s_grid, f_grid = np.interp(grid, xs, shifts), np.interp(grid, xs, flu)
+    fluent = f_grid >= floor
+    if not fluent.any():
+        return float(grid[0]), False
+    # stop at the first coefficient that breaks the floor: beyond it nothing is fluent
+    last_fluent = int(np.argmin(fluent)) if not fluent.all() else grid.size
+    reach = np.flatnonzero(s_grid[:last_fluent] >= target)
+    if reach.size:
+        return float(grid[reach[0]]), True
+    return float(grid[max(0, last_fluent - 1)]), False
 
 
-def choose_ridge(responses: np.ndarray, cols: np.ndarray, target: float,
-                 ridges: tuple[float, ...] = RIDGES, repeats: int = 20, seed: int = 0
-                 ) -> tuple[float, list[dict[str, float]]]:
-    """The ridge whose mix, fitted on half of each value's dilemmas, is most selective on
-    the other half (predicted linearly); ties to the larger ridge (the gentler push)."""
-    k = responses.shape[0]
-    rng = np.random.default_rng(seed)
-    splits = []
-    for _ in range(repeats):
-        mask = np.zeros(cols.size, dtype=bool)
-        for u in range(k):
-            idx = np.flatnonzero(cols == u)
-            rng.shuffle(idx)
-            mask[idx[: idx.size // 2]] = True
-        splits.append(mask)
-    table = []
-    for r in ridges:
-        own_s, off_s, largest_s, norm_s = [], [], [], []
-        for mask in splits:
-            w = fit_mix(leakage_means(responses[:, mask], cols[mask], k), target, r)
-            own, off, largest = selectivity(w @ leakage_means(responses[:, ~mask],
-                                                              cols[~mask], k))
-            own_s.append(own)
-            off_s.append(off)
-            largest_s.append(largest)
-            norm_s.append(float(np.abs(w).sum(axis=1).mean()))
-        own_m, off_m = float(np.mean(own_s)), float(np.mean(off_s))
-        table.append({"ridge": r, "own": round(own_m, 4), "off_target": round(off_m, 4),
-                      "selectivity": round(own_m / off_m, 4) if off_m > 0 else 0.0,
-                      "largest": round(float(np.mean(largest_s)), 2),
-                      "mix_l1": round(float(np.mean(norm_s)), 3)})
-    best = max(table, key=lambda row: (round(row["selectivity"], 2), row["ridge"]))
-    return float(best["ridge"]), table
-
-
-# ---------------------------------------------------------------- the measurement
-
-def item_shifts(store: JsonlStore, setting: MethodSetting, steered: str,
-                items: list[ChoiceItem], form: str = "likelihood") -> np.ndarray:
-    """Per dilemma: score under (setting, steered) minus the unsteered score."""
-    none = MethodSetting("none")
-    return np.array([float(store.records[score_key(form, setting, steered, it.id)]["score"])
-                     - float(store.records[score_key(form, none, UNSTEERED, it.id)]["score"])
-                     for it in items])
-
-
-def _fluency_each(store: JsonlStore, setting: MethodSetting, steered: str,
-                  items: list[ChoiceItem]) -> list[float]:
-    """Per dilemma: change of the written actions' log-likelihood (both averaged), nats."""
+def _points(store: JsonlStore, settings: list[MethodSetting], value: str,
+            items: list[ChoiceItem]) -> list[DosePoint]:
     none = MethodSetting("none")
     out = []
-    for it in items:
-        s = store.records[score_key("likelihood", setting, steered, it.id)]
-        b = store.records[score_key("likelihood", none, UNSTEERED, it.id)]
-        out.append((s["ll_value"] + s["ll_competing"] - b["ll_value"] - b["ll_competing"]) / 2)
+    for s in settings:
+        shifts, fav, flu = [], [], []
+        for it in items:
+            r = store.records[score_key("likelihood", s, value, it.id)]
+            b = store.records[score_key("likelihood", none, UNSTEERED, it.id)]
+            shifts.append(r["score"] - b["score"])
+            fav.append(r["score"] > 0)
+            flu.append((r["ll_value"] + r["ll_competing"] - b["ll_value"]
+                        - b["ll_competing"]) / 2)
+        out.append(DosePoint(float(s.strength or 1.0), float(np.mean(shifts)),
+                             float(np.mean(fav)), float(np.mean(flu))))
     return out
 
 
-def fold_masks(cols: np.ndarray, k: int, folds: int = 2) -> list[np.ndarray]:
-    """Each value's dilemmas dealt into `folds` folds in order (deterministic)."""
-    out = [np.zeros(cols.size, dtype=bool) for _ in range(folds)]
-    for u in range(k):
-        for i, j in enumerate(np.flatnonzero(cols == u)):
-            out[i % folds][j] = True
-    return out
-
-
-def _with_mix(cal: Calibration, values: list[str], mix: np.ndarray) -> Calibration:
-    """A copy of `cal` pushing with another mix (the curve's cross-fitting)."""
-    out = Calibration(cal.model_fingerprint, cal.dataset_hash, cal.recipe, cal.target_shift,
-                      {}, cal.ridge, cal.split, cal.notes)
-    for v_i, v in enumerate(values):
-        out.values[v] = ValueCalibration(
-            {u: float(mix[v_i, u_i]) for u_i, u in enumerate(values) if mix[v_i, u_i] != 0},
-            cal.values[v].unsteered_favoured, [], cal.values[v].n)
-    return out
+def unit_calibration(pack_values: list[str], fingerprint: str, dataset_hash: str,
+                     recipe: str, direction: str, blocks: list[int] | None) -> Calibration:
+    """Every value pushed along its own direction at coefficient 1 (the dose-response's
+    reference: strength = coefficient)."""
+    return Calibration(fingerprint, dataset_hash, recipe, 1.0,
+                       {v: ValueCalibration({v: 1.0}, 0.5) for v in pack_values},
+                       direction=direction, blocks=blocks)
 
 
 def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
@@ -187,72 +146,36 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
     if pack is None:
         raise ConvaError("calibration needs a pack")
     values = [v for v in VALUE_NAMES if v in pack.values]
-    if len(values) < 2:
-        raise ConvaError("calibration needs a pack with at least two values (the mix "
-                         "weighs every value's push against the others)")
+    direction = ("contrast" if all(pack.values[v].contrast is not None for v in values)
+                 else "mean-diff")
     items = load_choice_items(values, "calibration", opts.n)
-    cols = np.array([values.index(it.value) for it in items])
-    pack.calibration = None  # the responses are to the plain mean differences
-    opts.say(f"calibrate 1/2: {len(values)} pushes x {len(items)} calibration dilemmas")
-    run_choices(ChoiceRun(session, out / "responses"),
-                ChoiceOptions(values=values, settings=[BASIS], split="calibration", n=opts.n,
-                              batch_size=opts.batch_size, leakage=True,
-                              show_progress=opts.show_progress, progress=opts.progress))
-    store = JsonlStore(out / "responses" / "choices.jsonl")
-    responses = np.stack([item_shifts(store, BASIS, v, items) for v in values])
-    leak = leakage_means(responses, cols, len(values))
-    if opts.ridge is None:
-        ridge, cv = choose_ridge(responses, cols, opts.target_shift)
-    else:
-        ridge, cv = opts.ridge, []
-    mix = fit_mix(leak, opts.target_shift, ridge)
-    base = {it.id: float(store.records[score_key("likelihood", MethodSetting("none"),
-                                                 UNSTEERED, it.id)]["score"])
-            for it in items}
+    blocks = band_blocks(pack.model.num_layers) if opts.blocks == "band" else None
+    pack.calibration = unit_calibration(values, pack.model.fingerprint, pack.dataset_hash,
+                                        pack.recipe.name, direction, blocks)
+    where = (f"blocks {blocks[0]}-{blocks[-1]}" if blocks else "each value's recipe blocks")
+    opts.say(f"calibrate: {len(values)} values x {len(opts.coefs)} coefficients along the "
+             f"{direction} direction at {where}, {len(items)} calibration dilemmas")
+    settings = [MethodSetting("calibrated", c) for c in opts.coefs]
+    run_choices(ChoiceRun(session, out),
+                ChoiceOptions(values=values, settings=settings, split="calibration", n=opts.n,
+                              batch_size=opts.batch_size, show_progress=opts.show_progress,
+                              progress=opts.progress))
+    store = JsonlStore(out / "choices.jsonl")
     cal = Calibration(pack.model.fingerprint, pack.dataset_hash, pack.recipe.name,
-                      opts.target_shift, {}, ridge,
-                      notes={"basis": "caa x1 at each value's blocks",
-                             "basis_leakage": [[round(float(x), 4) for x in row]
-                                               for row in leak],
-                             "ridge_cv": cv, "values_order": values,
+                      opts.target_shift, {}, direction=direction, blocks=blocks,
+                      notes={"coefficients": list(opts.coefs),
+                             "fluency_floor": opts.fluency_floor, "reached": {},
                              "n_dilemmas": len(items)})
-    for v_i, v in enumerate(values):
-        own = [it for it in items if it.value == v]
-        cal.values[v] = ValueCalibration(
-            {u: float(mix[v_i, u_i]) for u_i, u in enumerate(values) if mix[v_i, u_i] != 0},
-            float(np.mean([base[it.id] > 0 for it in own])), [], len(own))
-    opts.say(f"calibrate 2/2: the calibrated push at strengths "
-             f"{', '.join(f'{s:g}' for s in opts.strengths)} on each value's own dilemmas, "
-             "cross-fitted (each half pushed with the mix fitted on the other half)")
-    settings = [MethodSetting("calibrated", s) for s in opts.strengths]
-    folds = fold_masks(cols, len(values))
-    curve_scores: dict[str, dict[float, list[tuple[float, float, float]]]] = {
-        v: {float(s.strength or 1.0): [] for s in settings} for v in values}
-    for f, held in enumerate(folds):
-        fold_mix = fit_mix(leakage_means(responses[:, ~held], cols[~held], len(values)),
-                           opts.target_shift, ridge)
-        pack.calibration = _with_mix(cal, values, fold_mix)
-        held_items = [it for it, h in zip(items, held) if h]
-        run_choices(ChoiceRun(session, out / f"curve-{f}"),
-                    ChoiceOptions(values=values, settings=settings, split="calibration",
-                                  n=opts.n, batch_size=opts.batch_size,
-                                  ids=frozenset(it.id for it in held_items),
-                                  show_progress=opts.show_progress, progress=opts.progress))
-        fold_store = JsonlStore(out / f"curve-{f}" / "choices.jsonl")
-        for v in values:
-            own = [it for it in held_items if it.value == v]
-            for s in settings:
-                shifts = item_shifts(fold_store, s, v, own)
-                flu = _fluency_each(fold_store, s, v, own)
-                curve_scores[v][float(s.strength or 1.0)] += [
-                    (float(d), float(d + base[it.id]), float(fl))
-                    for d, it, fl in zip(shifts, own, flu)]
-    pack.calibration = cal
     for v in values:
-        points = []
-        for strength, rows in sorted(curve_scores[v].items()):
-            arr = np.array(rows)
-            points.append(CurvePoint(strength, float(arr[:, 0].mean()),
-                                     float((arr[:, 1] > 0).mean()), float(arr[:, 2].mean())))
-        cal.values[v].curve = points
+        own = [it for it in items if it.value == v]
+        points = _points(store, settings, v, own)
+        coef, reached = choose_coef(points, opts.target_shift, opts.fluency_floor)
+        base = [store.records[score_key("likelihood", MethodSetting("none"), UNSTEERED,
+                                        it.id)]["score"] > 0 for it in own]
+        cal.values[v] = ValueCalibration(
+            {v: round(coef, 4)}, float(np.mean(base)),
+            [CurvePoint(round(p.coef / coef, 4), p.shift, p.favoured, p.fluency)
+             for p in points if 0 < p.coef / coef <= MAX_STRENGTH], len(own))
+        cal.notes["reached"][v] = reached
+    pack.calibration = cal
     return cal

@@ -1,11 +1,11 @@
-"""A pack's calibration: what the default method pushes, and what a strength means.
+"""A pack's calibration: how large the default method's push is, and what a strength means.
 
-`conva-mlx calibrate` measures, on the calibration half of the dilemmas, how every value's
-dilemmas respond to each value's mean-difference push (the 10 x 10 leakage responses), and
-fits per value a mix of the ten mean differences that moves its own dilemmas and the others
-least (`mix`). Strength 1 is the push predicted to shift the value's own dilemmas by
-`target_shift` nats; `curve` holds what was measured at each strength, so a level such as
-"favoured on 80% of held-out dilemmas" maps to a strength and back.
+`conva-mlx calibrate` measures, on the calibration half of the dilemmas, each value's
+dose-response along its direction (`direction`: the pack's contrast vectors, or the mean
+differences) and sizes it per value (`mix`: the value's own direction times the chosen
+coefficient; the format allows weights on other values' directions too). Strength 1 is
+that push; `curve` holds what was measured at each strength, so a level such as "favoured
+on 80% of held-out dilemmas" maps to a strength and back.
 
 It lives beside pack.json as calibration.json (written atomically, checked on load). Packs
 of the models conva-mlx ships calibrations for (same model, dataset and recipe) find theirs
@@ -29,6 +29,7 @@ CALIBRATION_JSON = "calibration.json"
 CALIBRATION_FORMAT = "conva-mlx-calibration"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "calibration"
 MAX_STRENGTH = 8.0  # far past where any measured push stays fluent
+CAL_DIRECTIONS = ("contrast", "mean-diff")
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,17 @@ class ValueCalibration:
         return float(np.interp(strength, xs, ys))
 
     def strength_for(self, effect: float) -> float:
-        """The smallest strength whose expected share reaches `effect` (the curve's end when
-        it never does; 0 when the model already favours the value that often)."""
+        """The smallest strength at which the measured curve (interpolated) reaches
+        `effect`; 0 when the model already favours the value that often, the strength of
+        the curve's highest point when it never does. `effect_at` of the result is
+        `effect` (or that highest share)."""
         xs, ys = self._points()
-        reach = np.maximum.accumulate(ys)  # a share that dips back is not "reached"
-        if effect <= reach[0]:
+        if effect <= ys[0]:
             return 0.0
-        if effect >= reach[-1]:
-            return float(xs[int(np.argmax(reach))])
-        i = int(np.searchsorted(reach, effect))
-        x0, x1, y0, y1 = xs[i - 1], xs[i], reach[i - 1], reach[i]
-        return float(x0 + (x1 - x0) * (effect - y0) / max(y1 - y0, 1e-12))
+        for x0, x1, y0, y1 in zip(xs[:-1], xs[1:], ys[:-1], ys[1:]):
+            if y0 < effect <= y1:
+                return float(x0 + (x1 - x0) * (effect - y0) / (y1 - y0))
+        return float(xs[int(np.argmax(ys))])
 
     def max_effect(self) -> float:
         return float(max(self._points()[1]))
@@ -96,8 +97,9 @@ class Calibration:
     recipe: str
     target_shift: float
     values: dict[str, ValueCalibration]
-    ridge: float = 0.0
     split: str = "calibration"
+    direction: str = "mean-diff"  # the vectors `mix` weighs: contrast or mean-diff
+    blocks: list[int] | None = None  # the blocks every push is added at (None: each value's)
     notes: dict[str, Any] = field(default_factory=dict)  # measured summaries (informational)
 
     def value(self, name: str) -> ValueCalibration | None:
@@ -107,7 +109,9 @@ class Calibration:
         return {"format": CALIBRATION_FORMAT, "format_version": 1,
                 "model_fingerprint": self.model_fingerprint,
                 "dataset_hash": self.dataset_hash, "recipe": self.recipe,
-                "target_shift": self.target_shift, "ridge": self.ridge, "split": self.split,
+                "target_shift": self.target_shift, "direction": self.direction,
+                "blocks": self.blocks,
+                "split": self.split,
                 "values": {v: {"mix": {k: round(w, 6) for k, w in c.mix.items()},
                                "unsteered_favoured": round(c.unsteered_favoured, 4),
                                "n": c.n, "curve": [p.as_dict() for p in c.curve]}
@@ -149,9 +153,20 @@ class Calibration:
         target = f.number("target_shift")
         if target <= 0:
             raise ConvaError(f"{where}: 'target_shift' must be positive")
+        direction = f.string("direction", "mean-diff")
+        if direction not in CAL_DIRECTIONS:
+            raise ConvaError(f"{where}: 'direction' must be one of {', '.join(CAL_DIRECTIONS)}"
+                             f", got '{direction}'")
+        blocks = None
+        if f.has("blocks"):
+            raw = f.obj["blocks"]
+            if not (isinstance(raw, list) and raw and all(
+                    isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in raw)):
+                raise ConvaError(f"{where}: 'blocks' must be a list of block indices")
+            blocks = sorted(set(raw))
         return cls(f.string("model_fingerprint"), f.string("dataset_hash", ""),
-                   f.string("recipe", ""), target, values, f.number("ridge", 0.0),
-                   f.string("split", "calibration"), f.object("notes", {}))
+                   f.string("recipe", ""), target, values, f.string("split", "calibration"),
+                   direction, blocks, f.object("notes", {}))
 
 
 def _share(f: Fields, key: str) -> float:

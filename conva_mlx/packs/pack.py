@@ -95,8 +95,9 @@ class Pack:
             if v.contrast is not None:
                 h.update(np.ascontiguousarray(v.contrast, dtype=np.float32).tobytes())
         if self.calibration is not None:  # the calibrated method's pushes
-            h.update(json.dumps({v: c.mix for v, c in sorted(self.calibration.values.items())},
-                                sort_keys=True).encode())
+            cal = self.calibration
+            h.update(json.dumps([{v: c.mix for v, c in sorted(cal.values.items())},
+                                 cal.direction, cal.blocks], sort_keys=True).encode())
         if self.gate is not None:
             g = self.gate
             h.update(json.dumps([g.layer, g.bias, g.threshold]).encode())
@@ -408,6 +409,10 @@ def load_pack(path: str | Path, verify_checksums: bool = True) -> Pack:
     if calibration is not None:
         unknown = sorted(({k for c in calibration.values.values() for k in c.mix}
                           | set(calibration.values)) - set(values))
+        bad_blocks = [k for k in calibration.blocks or [] if k >= model.num_layers]
+        if bad_blocks:
+            raise ConvaError(f"{source}: blocks {bad_blocks} do not exist in this "
+                             f"{model.num_layers}-block model")
         if unknown and source.startswith("shipped"):
             calibration, source = None, ""  # made for the full pack; this one has fewer values
         elif unknown:

@@ -120,20 +120,36 @@ def calibrated_strength(pack: Pack, cfg: SteerConfig, target: Target) -> float:
 
 def calibrated_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]
                       ) -> dict[int, mx.array]:
-    """The calibrated method's fixed vectors: per target, its calibrated mix of the values'
-    mean differences (each at that value's blocks) times its strength. A pack without a
-    calibration pushes each value's own mean difference (CAA x strength)."""
+    """The calibrated method's fixed vectors: per target, its calibrated weights on the
+    values' directions (each at that value's blocks) times its strength. The direction is
+    the calibration's (contrast vectors or mean differences); a pack without a calibration
+    pushes each value's own contrast vector (its mean difference where it has none) x
+    strength."""
     deltas: dict[int, np.ndarray] = {}
     for t in targets:
         cal = pack.calibration.value(t.value) if pack.calibration is not None else None
         mix = cal.mix if cal is not None else {t.value: 1.0}
         scale = (-1.0 if t.away else 1.0) * calibrated_strength(pack, cfg, t)
         for name, w in mix.items():
-            entry = pack.value(name)
-            for k in _layers_of(pack, cfg, name):
-                d = entry.probes.caa[k].astype(np.float32) * np.float32(scale * w)
+            vectors = direction_vectors(pack, name)
+            blocks = pack.calibration.blocks if pack.calibration is not None else None
+            for k in (blocks if blocks is not None and cfg.layers is None
+                      else _layers_of(pack, cfg, name)):
+                d = vectors[k].astype(np.float32) * np.float32(scale * w)
                 deltas[k] = deltas[k] + d if k in deltas else d
     return {k: mx.array(d) for k, d in deltas.items()}
+
+
+def direction_vectors(pack: Pack, value: str) -> np.ndarray:
+    """(layers, hidden): what the calibrated method pushes along for `value`."""
+    entry = pack.value(value)
+    want = pack.calibration.direction if pack.calibration is not None else None
+    if want == "contrast" or (want is None and entry.contrast is not None):
+        if entry.contrast is None:
+            raise ConvaError(f"the calibration pushes along contrast vectors, but the pack has "
+                             f"none for {value}; re-extract the pack or re-run calibrate")
+        return entry.contrast
+    return entry.probes.caa
 
 
 def caa_reports(deltas: dict[int, mx.array]) -> list[LayerReport]:
