@@ -223,3 +223,16 @@ def test_calibrate_cli_sizes_each_value_writes_the_pack_and_resumes(
     forced = CliRunner().invoke(cli, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
     assert (out / "choices.jsonl").read_text().count("\n") == scored  # resumed, not rescored
+
+
+def test_overwriting_a_pack_drops_its_old_calibration_and_a_resave_keeps_it(
+        small_pack: Pack, tmp_path: Path) -> None:
+    out = save_pack(small_pack, tmp_path / "p")
+    write_calibration(_calibration({"power": ValueCalibration({"power": 1.0}, 0.5, [])},
+                                   small_pack.model.fingerprint), out)
+    calibrated = load_pack(out)
+    save_pack(calibrated, tmp_path / "copy")  # the same vectors: the calibration goes along
+    assert load_pack(tmp_path / "copy").calibration is not None
+    save_pack(small_pack, out, overwrite=True)  # new vectors (say): the old one is stale
+    assert not (out / CALIBRATION_JSON).exists()
+    assert load_pack(out).calibration is None

@@ -21,7 +21,7 @@ from conva_mlx import __version__
 from conva_mlx.errors import ConvaError, warn
 from conva_mlx.fsutil import OutputKind, atomic_write_json, sha256_file, staged_output_dir
 from conva_mlx.models.layers import LAYER_CONVENTION
-from conva_mlx.packs.calibration import Calibration, find_calibration
+from conva_mlx.packs.calibration import CALIBRATION_JSON, Calibration, find_calibration
 from conva_mlx.packs.schema import Fields, check_checksum, check_layers, check_value_name
 from conva_mlx.probes.gate import Gate, GateMetrics
 from conva_mlx.probes.linear import ProbeSet
@@ -164,8 +164,11 @@ def pack_to_json(pack: Pack) -> dict[str, Any]:
     }
 
 
+# calibration.json is part of a pack: an overwrite without one removes the old one (it
+# measured other vectors).
 PACK_OUTPUT = OutputKind("vector pack", PACK_JSON,
-                         (PACK_JSON, VECTORS, README, "probe_accuracy.png", "similarity.png"))
+                         (PACK_JSON, VECTORS, README, "probe_accuracy.png", "similarity.png",
+                          CALIBRATION_JSON))
 
 
 def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
@@ -198,6 +201,8 @@ def save_pack(pack: Pack, out_dir: str | Path, readme: str | None = None,
                             "model_fingerprint": pack.model.fingerprint})
         (tmp / README).write_text(readme if readme is not None else render_model_card(pack),
                                   encoding="utf-8")
+        if pack.calibration is not None and not pack.calibration_source.startswith("shipped"):
+            atomic_write_json(tmp / CALIBRATION_JSON, pack.calibration.to_json())
         meta = pack_to_json(pack)
         meta["pack_id"] = pack_id
         meta["files"] = {VECTORS: sha256_file(tmp / VECTORS)}

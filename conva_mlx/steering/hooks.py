@@ -36,7 +36,11 @@ def resolve_targets(pack: Pack | None, targets: list[Target], method: str = "con
                     ) -> list[Target]:
     """Fill in each target's P0 from the pack (ICA without a pack needs none; for the
     calibrated method a missing level means the calibrated strength, so it stays None)."""
-    if pack is None or method == "calibrated":
+    if pack is None:
+        return list(targets)
+    if method == "calibrated":
+        for t in targets:
+            pack.value(t.value)  # the same "not in this pack" error as the other methods
         return list(targets)
     return [Target(t.value, t.p0 if t.p0 is not None else pack.value(t.value).default_p0,
                    t.away) for t in targets]
