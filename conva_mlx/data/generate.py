@@ -58,6 +58,14 @@ MAX_STALE_ROUNDS = 5       # stop after this many rounds in a row without a usab
 AVOID_EXAMPLES = 15        # existing positives quoted in stage 1 so they are not repeated
 
 
+def rejected_text(rejected: dict[str, int]) -> str:
+    """'3 rejected (too long 2, same 1)' for a run summary ('0 rejected' when none)."""
+    text = f"{sum(rejected.values())} rejected"
+    if rejected:
+        text += " (" + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) + ")"
+    return text
+
+
 @dataclass
 class GenerateConfig:
     value: str
@@ -93,14 +101,10 @@ class GenerateReport:
         return self.existing + self.written >= self.target
 
     def summary(self) -> str:
-        rejected = sum(self.rejected.values())
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items()))
         text = (f"{self.out}: {self.existing + self.written}/{self.target} {self.value} pairs "
                 f"({self.written} new, {self.existing} already there); {self.requests} requests, "
                 f"{self.retries} retries, {self.malformed} malformed, {self.duplicates} "
-                f"duplicates, {rejected} rejected")
-        if reasons:
-            text += f" ({reasons})"
+                f"duplicates, {rejected_text(self.rejected)}")
         if self.stopped:
             text += f"; {self.stopped}"
         return text

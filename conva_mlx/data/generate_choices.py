@@ -37,6 +37,7 @@ from conva_mlx.data.generate import (
     GeneratorChat,
     Sleep,
     extract_json_object,
+    rejected_text,
 )
 from conva_mlx.errors import ConvaError
 from conva_mlx.fsutil import append_jsonl, repair_jsonl_tail
@@ -86,15 +87,10 @@ class ChoicesReport:
         return self.existing + self.written >= self.target
 
     def summary(self) -> str:
-        rejected = sum(self.rejected.values())
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items()))
-        text = (f"{self.out}: {self.existing + self.written}/{self.target} dilemmas of "
+        return (f"{self.out}: {self.existing + self.written}/{self.target} dilemmas of "
                 f"{self.dilemmas} have actions ({self.written} new, {self.existing} already "
                 f"there); {self.requests} requests, {self.retries} retries, {self.reasked} "
-                f"re-asked, {self.malformed} malformed, {rejected} rejected")
-        if reasons:
-            text += f" ({reasons})"
-        return text
+                f"re-asked, {self.malformed} malformed, {rejected_text(self.rejected)}")
 
 
 # ---------------------------------------------------------------- files
