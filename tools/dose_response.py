@@ -38,6 +38,7 @@ from conva_mlx.models.layers import hooked_blocks  # noqa: E402
 from conva_mlx.models.loading import load_model  # noqa: E402
 from conva_mlx.packs.pack import Pack, load_pack  # noqa: E402
 from conva_mlx.steering import SteerConfig, SteeringSession  # noqa: E402
+from conva_mlx.steering.hooks import calibrated_blocks  # noqa: E402
 from conva_mlx.values import VALUE_NAMES  # noqa: E402
 
 
@@ -63,11 +64,14 @@ def hidden_norms(session: SteeringSession, prompts: list[str]) -> np.ndarray:
 
 
 def steered_blocks(pack: Pack, method: str, value: str) -> list[int]:
-    if method == "calibrated" and pack.calibration is not None:
-        cal = pack.calibration.value(value)
-        if cal is not None:
-            return sorted({k for u, w in cal.mix.items() if abs(w) > 1e-6
-                           for k in pack.value(u).layers})
+    """The blocks a setting pushes for `value` (the calibrated method: every value its mix
+    weighs, at the blocks the engine uses)."""
+    if method == "calibrated":
+        cfg = SteerConfig([value], method="calibrated")
+        cal = pack.calibration.value(value) if pack.calibration is not None else None
+        mix = cal.mix if cal is not None else {value: 1.0}
+        return sorted({k for u, w in mix.items() if w != 0
+                       for k in calibrated_blocks(pack, cfg, u)})
     return list(pack.value(value).layers)
 
 

@@ -40,14 +40,10 @@ class CurvePoint:
     shift: float  # mean paired LR shift of the value's own dilemmas (nats)
     favoured: float  # share of its dilemmas with LR > 0 (the value's action more likely)
     fluency: float  # mean change of log p(both written actions) (nats; < 0 = less likely)
-    off_target: float = float("nan")  # mean |shift| of the other values' dilemmas
 
     def as_dict(self) -> dict[str, float]:
-        out = {"strength": self.strength, "shift": round(self.shift, 4),
-               "favoured": round(self.favoured, 4), "fluency": round(self.fluency, 4)}
-        if np.isfinite(self.off_target):
-            out["off_target"] = round(self.off_target, 4)
-        return out
+        return {"strength": self.strength, "shift": round(self.shift, 4),
+                "favoured": round(self.favoured, 4), "fluency": round(self.fluency, 4)}
 
 
 @dataclass
@@ -144,9 +140,7 @@ class Calibration:
                 if not 0 < s <= MAX_STRENGTH:
                     raise ConvaError(f"{pf.where}: 'strength' must be in (0, {MAX_STRENGTH}]")
                 curve.append(CurvePoint(s, pf.number("shift"), _share(pf, "favoured"),
-                                        pf.number("fluency"),
-                                        pf.number("off_target", float("nan"))
-                                        if pf.has("off_target") else float("nan")))
+                                        pf.number("fluency")))
             values[name] = ValueCalibration(mix, _share(v, "unsteered_favoured"),
                                             sorted(curve, key=lambda p: p.strength),
                                             v.integer("n", 0) if v.has("n") else 0)

@@ -136,12 +136,17 @@ def calibrated_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]
         scale = (-1.0 if t.away else 1.0) * calibrated_strength(pack, cfg, t)
         for name, w in mix.items():
             vectors = direction_vectors(pack, name)
-            blocks = pack.calibration.blocks if pack.calibration is not None else None
-            for k in (blocks if blocks is not None and cfg.layers is None
-                      else _layers_of(pack, cfg, name)):
+            for k in calibrated_blocks(pack, cfg, name):
                 d = vectors[k].astype(np.float32) * np.float32(scale * w)
                 deltas[k] = deltas[k] + d if k in deltas else d
     return {k: mx.array(d) for k, d in deltas.items()}
+
+
+def calibrated_blocks(pack: Pack, cfg: SteerConfig, value: str) -> list[int]:
+    """Where the calibrated method adds `value`'s vector: the layers setting when given,
+    else the calibration's blocks, else the value's own blocks."""
+    blocks = pack.calibration.blocks if pack.calibration is not None else None
+    return blocks if blocks is not None and cfg.layers is None else _layers_of(pack, cfg, value)
 
 
 def direction_vectors(pack: Pack, value: str) -> np.ndarray:
