@@ -94,6 +94,10 @@ def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -
     assert back.values["benevolence"].mix == {"benevolence": 1.0}
     with pytest.raises(ConvaError, match="--force"):
         write_calibration(cal, tmp_path)
+    minimal = cal.to_json()
+    del minimal["format_version"]  # optional: version 1
+    path.write_text(json.dumps(minimal))
+    assert read_calibration(path).values.keys() == {"benevolence"}
     write_calibration(cal, tmp_path, force=True)
 
 
@@ -104,6 +108,8 @@ def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -
     (lambda d: d["values"]["benevolence"]["mix"].update(kindness=1.0), "unknown value"),
     (lambda d: d.update(target_shift=-1), "target_shift"),
     (lambda d: d.update(direction="probe"), "direction"),
+    (lambda d: d.update(format_version=2), "newer than this conva-mlx"),
+    (lambda d: d.pop("target_shift"), "target_shift"),
 ])
 def test_a_bad_calibration_file_is_one_clear_error(tmp_path: Path, edit, message: str) -> None:
     data = _calibration({"benevolence": _value_cal()}).to_json()

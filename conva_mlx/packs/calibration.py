@@ -120,7 +120,7 @@ class Calibration:
         if f.string("format", "") != CALIBRATION_FORMAT:
             raise ConvaError(f"{where}: not a conva-mlx calibration (format "
                              f"'{f.obj.get('format')}')")
-        if f.integer("format_version", 1) > 1:
+        if f.has("format_version") and f.integer("format_version", 1) > 1:
             raise ConvaError(f"{where}: calibration format is newer than this conva-mlx; "
                              "upgrade conva-mlx")
         values: dict[str, ValueCalibration] = {}
