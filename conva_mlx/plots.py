@@ -116,7 +116,14 @@ def plot_shifts(methods: dict[str, dict[str, Any]], out: Path, title: str) -> Pa
 def plot_profile_radar(profile: dict[str, float], ci: dict[str, list[float]], out: Path,
                        title: str) -> Path:
     """A circular chart of per-value shares in circumplex order, with the 95% band."""
-    names = list(profile)
+    return plot_profiles_radar({"unsteered": (profile, ci)}, out, title)
+
+
+def plot_profiles_radar(series: dict[str, tuple[dict[str, float], dict[str, list[float]]]],
+                        out: Path, title: str) -> Path:
+    """One or more profiles (name -> (share per value, 95% interval per value)) on one
+    circular chart in circumplex order."""
+    names = list(next(iter(series.values()))[0])
     angles = np.linspace(0, 2 * np.pi, len(names), endpoint=False)
     closed = np.concatenate([angles, angles[:1]])
 
@@ -125,15 +132,88 @@ def plot_profile_radar(profile: dict[str, float], ci: dict[str, list[float]], ou
 
     fig = plt.figure(figsize=(6.4, 6.4), dpi=110)
     ax = fig.add_subplot(projection="polar")
-    ax.fill_between(closed, ring([ci[n][0] for n in names]), ring([ci[n][1] for n in names]),
-                    alpha=0.2, color="tab:blue", label="95% interval")
-    ax.plot(closed, ring([profile[n] for n in names]), marker="o", color="tab:blue",
-            label="unsteered")
+    cmap = plt.get_cmap("tab10")
+    for i, (label, (profile, ci)) in enumerate(series.items()):
+        color = cmap(i % 10)
+        ax.fill_between(closed, ring([ci[n][0] for n in names]),
+                        ring([ci[n][1] for n in names]), alpha=0.18, color=color)
+        ax.plot(closed, ring([profile[n] for n in names]), marker="o", color=color,
+                label=f"{label} (band: 95% interval)")
     ax.plot(closed, np.full(closed.shape, 0.5), color="grey", ls="--", lw=0.8, label="0.5")
     ax.set_xticks(angles, names, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(title, pad=18)
-    ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.15, -0.08))
+    ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.15, -0.1))
+    return _save(fig, out)
+
+
+def plot_accuracy_heatmap(accuracy: dict[str, list[float]], out: Path, title: str) -> Path:
+    """Held-out probe accuracy, values (rows) x blocks (columns)."""
+    names = list(accuracy)
+    m = np.array([accuracy[n] for n in names])
+    fig, ax = plt.subplots(figsize=(max(7, m.shape[1] * 0.3), 4.6), dpi=110)
+    im = ax.imshow(m, cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("block (output of decoder block k)")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="held-out accuracy")
+    ax.set_title(title)
+    return _save(fig, out)
+
+
+def plot_value_map(coords: dict[str, list[float]], out: Path, title: str) -> Path:
+    """The value vectors in 2-D (classical MDS of 1 - cosine), joined in circumplex order:
+    a model that encodes the circumplex draws a ring without crossings."""
+    names = list(coords)
+    xy = np.array([coords[n] for n in names])
+    fig, ax = plt.subplots(figsize=(6, 5.6), dpi=110)
+    ring = np.vstack([xy, xy[:1]])
+    ax.plot(ring[:, 0], ring[:, 1], color="grey", lw=0.8, ls="--",
+            label="circumplex order")
+    cmap = plt.get_cmap("tab10")
+    for i, n in enumerate(names):
+        ax.scatter(xy[i, 0], xy[i, 1], color=cmap(i % 10), s=40, zorder=3)
+        ax.annotate(n, xy[i], textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("MDS 1")
+    ax.set_ylabel("MDS 2")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_dose_grid(per_value: dict[str, dict[str, dict[str, Any]]], metric: str,
+                   default_label: str, out: Path, title: str, ylabel: str) -> Path:
+    """Per value (one panel each), `metric` against |delta| / |h| for every method's
+    settings (labels like 'caa x2'); the default setting is starred."""
+    values = list(per_value)
+    cols = 5
+    rows = (len(values) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.7 * rows), dpi=100,
+                             squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    methods = list(dict.fromkeys(label.split()[0] for v in values for label in per_value[v]))
+    for ax, v in zip(axes.flat, values):
+        for i, m in enumerate(methods):
+            pts = sorted(((r["delta_over_h"], r[metric]) for label, r in per_value[v].items()
+                          if label.split()[0] == m and r[metric] is not None))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3,
+                        color=cmap(i % 10), label=m)
+        d = per_value[v].get(default_label)
+        if d is not None and d[metric] is not None:
+            ax.scatter([d["delta_over_h"]], [d[metric]], marker="*", s=140, color="black",
+                       zorder=4, label="default")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_title(v, fontsize=9)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(values):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=6)
+    fig.supxlabel("|delta| / |h| per steered block", fontsize=9)
+    fig.supylabel(ylabel, fontsize=9)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out)
 
 

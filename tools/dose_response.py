@@ -26,69 +26,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conva_mlx.data.dataset import ValueData  # noqa: E402
 from conva_mlx.evaluation.choices import load_choice_items  # noqa: E402
+from conva_mlx.evaluation.dose import dose_row, hidden_norms, own_rows  # noqa: E402
 from conva_mlx.evaluation.store import JsonlStore  # noqa: E402
-from conva_mlx.models.layers import hooked_blocks  # noqa: E402
 from conva_mlx.models.loading import load_model  # noqa: E402
-from conva_mlx.packs.pack import Pack, load_pack  # noqa: E402
-from conva_mlx.steering import SteerConfig, SteeringSession  # noqa: E402
-from conva_mlx.steering.hooks import calibrated_blocks  # noqa: E402
+from conva_mlx.packs.pack import load_pack  # noqa: E402
+from conva_mlx.steering import SteeringSession  # noqa: E402
 from conva_mlx.values import VALUE_NAMES  # noqa: E402
-
-
-def hidden_norms(session: SteeringSession, prompts: list[str]) -> np.ndarray:
-    """Mean |h| at the prompt's last token per block (unsteered)."""
-    import mlx.core as mx
-
-    model = session.lm.model
-    n_layers = session.lm.num_layers
-    sums = np.zeros(n_layers)
-    seen: dict[int, float] = {}
-
-    def grab(k: int, h: mx.array) -> mx.array:
-        seen[k] = float(mx.linalg.norm(h[0, -1].astype(mx.float32)))
-        return h
-
-    for p in prompts:
-        tokens = session.prepare(p, SteerConfig(method="none")).tokens
-        with hooked_blocks(model, {k: grab for k in range(n_layers)}):
-            mx.eval(model(tokens[None]))
-        sums += np.array([seen[k] for k in range(n_layers)])
-    return sums / max(1, len(prompts))
-
-
-def steered_blocks(pack: Pack, method: str, value: str) -> list[int]:
-    """The blocks a setting pushes for `value` (the calibrated method: every value its mix
-    weighs, at the blocks the engine uses)."""
-    if method == "calibrated":
-        cfg = SteerConfig([value], method="calibrated")
-        cal = pack.calibration.value(value) if pack.calibration is not None else None
-        mix = cal.mix if cal is not None else {value: 1.0}
-        return sorted({k for u, w in mix.items() if w != 0
-                       for k in calibrated_blocks(pack, cfg, u)})
-    return list(pack.value(value).layers)
 
 
 def collect(dirs: list[Path]) -> tuple[dict[tuple[str, float | None], list[dict[str, Any]]],
                                        dict[str, dict[str, Any]]]:
-    settings: dict[tuple[str, float | None], list[dict[str, Any]]] = defaultdict(list)
-    base: dict[str, dict[str, Any]] = {}
-    for d in dirs:
-        store = JsonlStore(d / "choices.jsonl")
-        for r in store.records.values():
-            if r.get("form") != "likelihood":
-                continue
-            if r["method"] == "none":
-                base[r["id"]] = r
-            elif r["steered"] == r["value"]:  # own dilemmas only
-                settings[(r["method"], r["strength"])].append(r)
-    return settings, base
+    records = [r for d in dirs for r in JsonlStore(d / "choices.jsonl").records.values()]
+    return own_rows(records)
 
 
 def main() -> None:
@@ -110,25 +64,9 @@ def main() -> None:
     table = []
     for (method, strength), rows in sorted(settings.items(),
                                            key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-        rows = [r for r in rows if r["id"] in base]
-        if not rows:
-            continue
-        shift = np.array([r["score"] - base[r["id"]]["score"] for r in rows])
-        fav = np.array([r["score"] > 0 for r in rows])
-        flu = np.array([(r["ll_value"] + r["ll_competing"] - base[r["id"]]["ll_value"]
-                         - base[r["id"]]["ll_competing"]) / 2 for r in rows])
-        ratios = []
-        for r in rows:
-            blocks = steered_blocks(pack, method, r["value"])
-            if blocks and r.get("delta_norm"):
-                ratios.append(r["delta_norm"] / float(np.mean(norms[blocks])))
-        table.append({"method": method, "strength": strength, "n": len(rows),
-                      "shift": round(float(shift.mean()), 3),
-                      "favoured": round(float(fav.mean()), 3),
-                      "unsteered_favoured": round(float(np.mean(
-                          [base[r["id"]]["score"] > 0 for r in rows])), 3),
-                      "fluency": round(float(flu.mean()), 3),
-                      "delta_over_h": round(float(np.mean(ratios)), 4) if ratios else 0.0})
+        row = dose_row(rows, base, pack, norms)
+        if row["n"]:
+            table.append({"method": method, "strength": strength, **row})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dose.json").write_text(json.dumps({"model": lm.model_id, "rows": table,
                                                     "hidden_norm_by_block":

@@ -266,7 +266,7 @@ def _work(opts: ChoiceOptions, items: list[ChoiceItem]
     return units
 
 
-def _check_run(run: ChoiceRun) -> None:
+def check_run(run: ChoiceRun) -> None:
     """Refuse to mix scores of another model or pack into one output directory."""
     lm, pack = run.session.lm, run.session.pack
     want = {"model_fingerprint": lm.fingerprint,
@@ -445,7 +445,7 @@ def run_choices(run: ChoiceRun, opts: ChoiceOptions) -> dict[str, Any]:
     # A new or empty folder, or one holding a choices run (resumed): never a user's folder.
     check_output_dir(run.out, CHOICES_RUN, force=True)
     run.out.mkdir(parents=True, exist_ok=True)
-    _check_run(run)
+    check_run(run)
     store = score_all(run, opts, items)
     results = summarise(store, opts, items)
     lm = run.session.lm
