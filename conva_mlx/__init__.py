@@ -7,7 +7,9 @@
     reply = session.generate("Should I help my neighbour move?",
                              cm.SteerConfig("benevolence:0.95"))
 
-Names load lazily, so `import conva_mlx` (and `conva-mlx --help`) stays fast.
+Names load lazily, so `import conva_mlx` (and `conva-mlx --help`) stays fast. On Linux,
+importing conva_mlx before MLX puts OpenBLAS under MLX's CPU backend (5-10x faster than its
+reference BLAS), as the CLI does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,29 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+def _fast_cpu_blas() -> None:
+    """The CLI's fast path for library users: load OpenBLAS in-process before MLX, or say
+    in one line how to get it when MLX was imported first."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    from conva_mlx.models.blas import load_in_process, preload_active, preload_libraries
+
+    if load_in_process() or not preload_libraries() or preload_active():
+        return
+    import warnings
+
+    from conva_mlx.errors import ConvaWarning
+
+    warnings.warn("MLX was imported before conva_mlx, so it runs on its reference BLAS (5-10x "
+                  "slower on CPU): import conva_mlx first, or run python with "
+                  "LD_PRELOAD=$(python -m conva_mlx.models.blas)", ConvaWarning, stacklevel=3)
+
+
+_fast_cpu_blas()
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {

@@ -77,7 +77,8 @@ def test_without_shim_nothing_is_forwarded() -> None:
 
 
 def test_cli_reexec_preloads_shim_and_openblas() -> None:
-    """A process started without LD_PRELOAD re-executes itself once with both libraries."""
+    """A CLI process started without LD_PRELOAD has both libraries (loaded in-process when
+    conva_mlx is imported, else by re-executing itself once)."""
     script = ("from conva_mlx.models.blas import maybe_reexec_with_openblas, gemv_forwarded_calls, "
               "preload_active\nmaybe_reexec_with_openblas()\n"
               "print(preload_active(), gemv_forwarded_calls())")
@@ -86,3 +87,36 @@ def test_cli_reexec_preloads_shim_and_openblas() -> None:
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.split() == ["True", "0"]
+
+
+def _plain_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "CONVA_MLX_BLAS", "CONVA_MLX_BLAS_REEXEC")}
+    return {**env, **extra}
+
+
+def test_importing_conva_mlx_gives_a_plain_interpreter_the_fast_path() -> None:
+    """No LD_PRELOAD, no re-exec: `import conva_mlx` loads the shim and OpenBLAS before MLX,
+    and MLX's matmuls go through them, exactly."""
+    script = "import conva_mlx\n" + _SCRIPT + textwrap.dedent("""
+        from conva_mlx.models.blas import preload_active
+        assert preload_active()
+    """)
+    out = subprocess.run([sys.executable, "-W", "error", "-c", script], env=_plain_env(),
+                         capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["forwarded"] is not None and result["forwarded"] >= 6
+    for name, err in result["errors"].items():
+        assert err < 1e-4, f"{name}: max error {err}"
+
+
+def test_mlx_imported_first_gets_one_line_with_the_fix() -> None:
+    script = "import mlx.core\nimport conva_mlx\n"
+    out = subprocess.run([sys.executable, "-c", script], env=_plain_env(),
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert "LD_PRELOAD=$(python -m conva_mlx.models.blas)" in out.stderr
+    assert "import conva_mlx first" in out.stderr
+    quiet = subprocess.run([sys.executable, "-W", "error", "-c", script],
+                           env=_plain_env(CONVA_MLX_BLAS="reference"), capture_output=True,
+                           text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr  # opted out: no warning

@@ -102,6 +102,28 @@ def preload_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def load_in_process() -> bool:
+    """Load OpenBLAS (and the shim in front of it) into this process before MLX is imported,
+    so library users get the CLI's fast path without LD_PRELOAD. Loaded with RTLD_GLOBAL,
+    their `cblas_*` symbols win over the reference BLAS when MLX's library is loaded later.
+    Returns whether they are in place (False: MLX already imported, not Linux, opted out)."""
+    libs = preload_libraries()
+    if not libs or preload_active():
+        return bool(libs)
+    if "mlx.core" in sys.modules:
+        return False
+    try:
+        # in `libs` order: the shim first, so that its cblas_sgemm is the one MLX binds
+        handles = [ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL) for p in libs]
+        if len(libs) == 2:  # the shim: hand it the real entry points (RTLD_NEXT cannot)
+            shim, blas = handles
+            shim.conva_gemv_bind(ctypes.cast(blas.cblas_sgemm, ctypes.c_void_p),
+                                 ctypes.cast(blas.cblas_sgemv, ctypes.c_void_p))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def maybe_reexec_with_openblas() -> None:
     """Re-execute the current command once with OpenBLAS preloaded (Linux only)."""
     if not sys.platform.startswith("linux") or os.environ.get("CONVA_MLX_BLAS") == "reference":

@@ -29,6 +29,13 @@ static void resolve(void) {
     }
 }
 
+/* Loaded with dlopen (not LD_PRELOAD), RTLD_NEXT may not reach the real BLAS: the loader
+ * hands its two entry points over explicitly before MLX is imported. */
+void conva_gemv_bind(void *sgemm, void *sgemv) {
+    real_sgemm = (sgemm_fn)sgemm;
+    real_sgemv = (sgemv_fn)sgemv;
+}
+
 /* How many GEMMs went to GEMV (lets tests and benchmarks see the shim is live). */
 long conva_gemv_forwarded(void) { return forwarded_calls; }
 
