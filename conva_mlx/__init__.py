@@ -25,7 +25,9 @@ def _fast_cpu_blas() -> None:
     in one line how to get it when MLX was imported first."""
     import sys
 
-    if not sys.platform.startswith("linux"):
+    # `python -m conva_mlx.models.blas` (printing the LD_PRELOAD value) imports this package
+    # while sys.argv[0] is still "-m": leave the module to runpy, untouched
+    if not sys.platform.startswith("linux") or sys.argv[:1] == ["-m"]:
         return
     from conva_mlx.models.blas import load_in_process, preload_active, preload_libraries
 
@@ -55,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "ExtractOptions": "conva_mlx.extraction",
     "SteeringSession": "conva_mlx.steering",
     "DEFAULT_METHOD": "conva_mlx.steering",
+    "CHAT_SAMPLING": "conva_mlx.steering",
     "ExpectedEffect": "conva_mlx.steering",
     "SteerConfig": "conva_mlx.steering",
     "Target": "conva_mlx.steering",
@@ -72,6 +75,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "CHAT_SAMPLING",
     "DEFAULT_METHOD",
     "VALUE_GROUPS",
     "VALUE_NAMES",
@@ -107,6 +111,7 @@ if TYPE_CHECKING:
     from conva_mlx.packs.pack import Pack, load_pack, save_pack
     from conva_mlx.sharing.pack_source import open_pack, resolve_pack_path
     from conva_mlx.steering import (
+        CHAT_SAMPLING,
         DEFAULT_METHOD,
         ExpectedEffect,
         GateReport,

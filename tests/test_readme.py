@@ -19,7 +19,8 @@ def _readme_commands() -> list[str]:
 def test_readme_starts_with_a_main_job_and_a_test_command() -> None:
     main_job, test_command = _readme_commands()[:2]
     assert main_job.startswith("bash tools/setup.sh && ") and "conva-mlx extract" in main_job
-    assert test_command == "bash tools/setup.sh && bash tools/test.sh"
+    assert test_command == ("bash tools/setup.sh && bash tools/setup-tests.sh && "
+                            "bash tools/test.sh")
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:

@@ -261,6 +261,7 @@ CHAT_BASE = {"model": "default", "messages": [{"role": "user", "content": OTHER}
              "max_tokens": 1, "steering": {"method": "none"}}
 COMPLETION_BASE = {"model": "default", "prompt": "The capital of France is", "max_tokens": 1}
 TOP_FIELDS = ["model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
+              "repetition_penalty",
               "stop", "stream", "stream_options", "n", "best_of", "logprobs", "top_logprobs",
               "echo", "suffix", "presence_penalty", "frequency_penalty", "logit_bias",
               "tools", "steering"]

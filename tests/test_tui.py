@@ -12,6 +12,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Label
 
+from conva_mlx import CHAT_SAMPLING
 from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack, save_pack
@@ -41,8 +42,11 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(coro)
 
 
-def make_app(lm: LoadedModel, pack: Pack | None, tmp_path: Path, **kw: Any) -> ChatApp:
-    return ChatApp(lm=lm, pack=pack, state_dir=tmp_path / "state", **kw)
+def make_app(lm: LoadedModel, pack: Pack | None, tmp_path: Path, max_tokens: int = 400,
+             **kw: Any) -> ChatApp:
+    """The app with the chat's default decoding, replies cut at `max_tokens`."""
+    opts = dataclasses.replace(CHAT_SAMPLING, max_tokens=max_tokens)
+    return ChatApp(lm=lm, pack=pack, state_dir=tmp_path / "state", opts=opts, **kw)
 
 
 async def until(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 120) -> None:
@@ -301,7 +305,8 @@ def test_a_message_sent_while_the_model_loads_is_sent_once_it_is_ready(
     monkeypatch.setattr(tui.app, "load_model", slow_load)
 
     async def scenario() -> None:
-        app = ChatApp(model_spec="default", state_dir=tmp_path / "state", max_tokens=4)
+        app = ChatApp(model_spec="default", state_dir=tmp_path / "state",
+                      opts=dataclasses.replace(CHAT_SAMPLING, max_tokens=4))
         async with app.run_test(size=SIZE) as pilot:
             app.query_one("#prompt").focus()
             await pilot.press(*"What is 2+2?")

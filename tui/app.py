@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, LoadingIndicator, Static
 
 from conva_mlx import (
+    CHAT_SAMPLING,
     ConvaError,
     GenOptions,
     LoadedModel,
@@ -83,16 +84,14 @@ class ChatApp(App[None]):
         lm: LoadedModel | None = None,
         pack: Pack | None = None,
         state_dir: Path | None = None,
-        max_tokens: int = 400,
-        temp: float = 0.0,
-        seed: int | None = None,
+        opts: GenOptions | None = None,
     ) -> None:
         super().__init__()
         self.model_spec, self.dtype, self.pack_spec = model_spec, dtype, pack_spec
         self.lm = lm
         self._initial_pack = pack
         self.state_dir = state_dir or cache_dir()
-        self.opts = GenOptions(max_tokens=max_tokens, temp=temp, seed=seed)
+        self.opts = opts or CHAT_SAMPLING
         self.settings = ChatSettings()
         self.session: SteeringSession | None = None
         self.pack_label = "none"

@@ -52,6 +52,7 @@ def audit(model_spec: str, dtype: str, pack_spec: str | None, compare_spec: str 
         AUDIT_FORMAT_VERSION,
         AUDIT_RUN,
         DOSE_SETTINGS,
+        QUICK_MCQ,
         QUICK_N,
         AuditOptions,
         compare_reports,
@@ -75,7 +76,8 @@ def audit(model_spec: str, dtype: str, pack_spec: str | None, compare_spec: str 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / AUDIT_RUN.manifest, {"format": "conva-mlx-audit-run"})
     opts = AuditOptions(n=QUICK_N if quick else n, dose=[s for s in dose if s.steers],
-                        mcq_n=mcq_n, batch_size=batch_size)
+                        mcq_n=QUICK_MCQ if quick and mcq_n is None else mcq_n,
+                        batch_size=batch_size)
     reports = [_audit_one(model_spec, pack_spec, dtype, out, opts)]
     if compare_spec is not None:
         reports.append(_audit_one(compare_spec, compare_pack_spec, dtype, out, opts))

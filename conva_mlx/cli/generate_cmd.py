@@ -46,13 +46,17 @@ from conva_mlx.steering.engine import PACK_METHODS
 @click.option("--max-tokens", type=int, default=200, show_default=True)
 @click.option("--temp", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=None)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
+              help="> 1 makes recently generated tokens less likely (1 = off; the chat and "
+                   "the server default to 1.2).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.argument("prompt")
 def generate(pack_spec: str | None, model_spec: str, dtype: str, values: tuple[str, ...],
              aways: tuple[str, ...], mode: str, no_gate: bool, method: str, strength: float,
              effect: float | None, probes: str,
              caa_coef: float, negative_prompt: bool, max_tokens: int, temp: float,
-             seed: int | None, as_json: bool, prompt: str) -> None:
+             seed: int | None, repetition_penalty: float, as_json: bool, prompt: str
+             ) -> None:
     """Generate a reply to PROMPT, steered toward (or away from) values."""
     check_text(prompt, "the prompt")
     # Settings first: a bad option fails in a second, not after loading the model.
@@ -65,7 +69,8 @@ def generate(pack_spec: str | None, model_spec: str, dtype: str, values: tuple[s
     cfg = SteerConfig(targets=targets, method=method, mode=mode,  # type: ignore[arg-type]
                       gate=not no_gate, probes=probes, caa_coef=caa_coef,  # type: ignore[arg-type]
                       negative_prompt=negative_prompt, strength=strength)
-    opts = GenOptions(max_tokens=max_tokens, temp=temp, seed=seed)
+    opts = GenOptions(max_tokens=max_tokens, temp=temp, seed=seed,
+                      repetition_penalty=repetition_penalty)
     lm, pack, _ = model_and_pack(pack_spec, model_spec, dtype, method in PACK_METHODS)
     session = SteeringSession(lm, pack)
 

@@ -41,6 +41,7 @@ AUDIT_FORMAT_VERSION = 1
 AUDIT_RUN = OutputKind("conva-mlx audit", "audit-run.json",
                        ("audit-run.json", "report.json", "report.html", "*.png", "scores-*"))
 QUICK_N = 6  # dilemmas per value under --quick
+QUICK_MCQ = 60  # general-ability questions under --quick
 DEFAULT_SETTING = MethodSetting("calibrated", 1.0)  # the product's default push
 DOSE_SETTINGS = "calibrated:0.5,calibrated:1,calibrated:2,caa:0.5,caa:1,caa:2,conva:0.9,conva:0.99"
 # The letter form is used when the model's choice survives swapping the options' order on at

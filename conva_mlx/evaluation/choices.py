@@ -30,6 +30,7 @@ from conva_mlx.evaluation.stats import mean_ci, paired_shift
 from conva_mlx.evaluation.store import JsonlStore, saved_settings
 from conva_mlx.fsutil import OutputKind, atomic_write_json, atomic_write_text, check_output_dir
 from conva_mlx.probes.gate import dilemma_split
+from conva_mlx.probes.recipe import check_p0
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import SteerConfig, SteeringSession, Target
 from conva_mlx.steering.config import MAX_STRENGTH, Mode
@@ -118,8 +119,8 @@ def _check_strength(method: str, strength: float) -> None:
     if method == "calibrated" and not 0 < strength <= MAX_STRENGTH:
         raise ConvaError(f"the calibrated method's strength is in (0, {MAX_STRENGTH:g}] "
                          f"(1 = the calibrated push), got {strength:g}")
-    if method.startswith("conva") and not 0.5 <= strength < 1.0:
-        raise ConvaError(f"ConVA's strength is P0 in [0.5, 1), got {strength:g}")
+    if method.startswith("conva"):
+        check_p0(strength, "ConVA's strength P0")
 
 
 def parse_settings(spec: str, strengths: list[float] | None = None,

@@ -164,8 +164,7 @@ def create_app(session: SteeringSession, config: ServerConfig, max_batch: int = 
         def emit(ev: Event) -> None:  # called on the batcher's thread
             loop.call_soon_threadsafe(events.put_nowait, ev)
 
-        job = Job(prepared, cfg, samp.max_tokens, emit, samp.temperature, samp.top_p,
-                  samp.seed, samp.stop)
+        job = Job(prepared, cfg, samp.options, emit, samp.stop)
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         batcher.submit(job)

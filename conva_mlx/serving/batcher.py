@@ -19,17 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-import numpy as np
 from mlx_lm.models.cache import BatchKVCache
-from mlx_lm.sample_utils import apply_top_p
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import BlockHook, hooked_blocks
 from conva_mlx.probes.perturbation import minimal_delta
-from conva_mlx.steering.config import SteerConfig
+from conva_mlx.steering.config import GenOptions, SteerConfig
 from conva_mlx.steering.engine import supports_batching
 from conva_mlx.steering.hooks import LayerPlan
 from conva_mlx.steering.reports import GenerationResult
+from conva_mlx.steering.sampling import RowSampler, pick_tokens
 from conva_mlx.steering.session import Prepared, SteeringSession
 
 
@@ -47,11 +46,8 @@ class Event:
 class Job:
     prepared: Prepared
     cfg: SteerConfig
-    max_tokens: int
+    opts: GenOptions  # max tokens and sampling
     emit: Callable[[Event], None]  # must be thread-safe
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
     stop: list[str] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -64,7 +60,7 @@ class _Row:
     reports: list[Any]
     deltas: dict[int, mx.array]  # block -> (hidden,)
     token_plans: dict[int, LayerPlan]  # token mode: block -> plan
-    key: mx.array | None
+    sampler: RowSampler
     start: float
     tokens: list[int] = field(default_factory=list)
     text: str = ""
@@ -140,14 +136,10 @@ class ContinuousBatcher:
         _, pre = session.prefill([job.prepared], cfg)
         # Token mode: the prefill's plans keep steering this row's new positions.
         token_plans = dict(pre.token_stats.plans) if pre.token_stats is not None else {}
-        key = None
-        if job.temperature > 0:
-            key = mx.random.key(job.seed if job.seed is not None else
-                                int(np.random.default_rng().integers(2**31)))
         row = _Row(job, session.lm.tokenizer.detokenizer, pre.gates[0],
                    pre.token_stats.reports() if pre.token_stats is not None else pre.reports[0],
-                   {k: d[0] for k, d in pre.deltas.items()}, token_plans, key,
-                   time.perf_counter())
+                   {k: d[0] for k, d in pre.deltas.items()}, token_plans,
+                   RowSampler(job.opts), time.perf_counter())
         row.detok.reset()
         joined = [BatchKVCache.merge([c]) for c in pre.cache]
         last = job.prepared.tokens[-1:]
@@ -181,11 +173,7 @@ class ContinuousBatcher:
         model = self.session.lm.model
         with hooked_blocks(model, self._hooks):
             logits = model(self._y[:, None], cache=self._cache)[:, -1].astype(mx.float32)
-        greedy = mx.argmax(logits, axis=-1)
-        picks = np.array(greedy).tolist()
-        for i, row in enumerate(self._rows):
-            if row.key is not None:
-                picks[i] = self._sample(row, logits[i])
+        picks = pick_tokens([r.sampler for r in self._rows], logits)
         self.steps += 1
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(self._rows, picks)):
@@ -205,16 +193,6 @@ class ContinuousBatcher:
                 self._y = self._y[idx]
             self._hooks = self._build_hooks()
 
-    @staticmethod
-    def _sample(row: _Row, logits: mx.array) -> int:
-        assert row.key is not None
-        job = row.job
-        logprobs = logits - mx.logsumexp(logits, keepdims=True)
-        if job.top_p < 1.0:
-            logprobs = apply_top_p(logprobs[None], job.top_p)[0]
-        row.key, sub = mx.random.split(row.key)
-        return int(np.array(mx.random.categorical(logprobs * (1.0 / job.temperature), key=sub)))
-
     def _advance(self, row: _Row, token: int) -> bool:
         """Add the row's new token; emit its text; False when the row is finished."""
         job = row.job
@@ -225,7 +203,7 @@ class ContinuousBatcher:
             row.tokens.append(token)
             row.detok.add_token(token)
             row.text += row.detok.last_segment
-            if len(row.tokens) >= job.max_tokens:
+            if len(row.tokens) >= job.opts.max_tokens:
                 finish = "length"
         if finish is not None:
             row.detok.finalize()

@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.steering.config import DEFAULT_METHOD, METHODS, MODES, SteerConfig, Target
+from conva_mlx.steering.config import (
+    CHAT_SAMPLING,
+    DEFAULT_METHOD,
+    MAX_REPETITION_PENALTY,
+    METHODS,
+    MODES,
+    GenOptions,
+    SteerConfig,
+    Target,
+)
 
 
 class RequestError(Exception):
@@ -29,6 +38,8 @@ class Limits:
     max_tokens: int = 2048  # the largest max_tokens a request may ask for
     default_max_tokens: int = 256
     max_body_bytes: int = 1 << 20
+    # decoding when a request does not say: the chat's (greedy, no repetition loops)
+    sampling: GenOptions = field(default_factory=lambda: CHAT_SAMPLING)
 
 
 @dataclass
@@ -46,10 +57,7 @@ class Defaults:
 
 @dataclass
 class Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
+    options: GenOptions  # max tokens, temperature, top_p, seed, repetition penalty
     stop: list[str]
     stream: bool
     include_usage: bool
@@ -153,10 +161,15 @@ def sampling(body: dict[str, Any], limits: Limits) -> Sampling:
         options = {}
     if not isinstance(options, dict):
         raise RequestError("'stream_options' must be an object", param="stream_options")
-    return Sampling(max_tokens, _number(body, "temperature", 0.0, 0.0, 2.0),
-                    _number(body, "top_p", 1.0, 1e-9, 1.0),
-                    None if seed is None else seed % (1 << 64), stop,
-                    _flag(body, "stream", "stream"),
+    base = limits.sampling
+    opts = GenOptions(max_tokens=max_tokens,
+                      temp=_number(body, "temperature", base.temp, 0.0, 2.0),
+                      top_p=_number(body, "top_p", base.top_p, 1e-9, 1.0),
+                      seed=None if seed is None else seed % (1 << 64),
+                      repetition_penalty=_number(body, "repetition_penalty",
+                                                 base.repetition_penalty, 1.0,
+                                                 MAX_REPETITION_PENALTY))
+    return Sampling(opts, stop, _flag(body, "stream", "stream"),
                     _flag(options, "include_usage", "stream_options.include_usage"))
 
 

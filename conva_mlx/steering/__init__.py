@@ -7,6 +7,7 @@ context: `steered`, steering inside any mlx-lm decode loop; reports: the diagnos
 """
 
 from conva_mlx.steering.config import (
+    CHAT_SAMPLING,
     DEFAULT_METHOD,
     METHODS,
     MODES,
@@ -23,6 +24,7 @@ from conva_mlx.steering.reports import ExpectedEffect, GateReport, GenerationRes
 from conva_mlx.steering.session import Prepared, ScoredPrompt, SteeringSession, StreamPiece
 
 __all__ = [
+    "CHAT_SAMPLING",
     "DEFAULT_METHOD",
     "METHODS",
     "MODES",

@@ -111,12 +111,17 @@ class SteerConfig:
             raise ConvaError(f"cannot steer both toward and away from {', '.join(both)}")
 
 
+MAX_REPETITION_PENALTY = 2.0
+
+
 @dataclass
 class GenOptions:
     max_tokens: int = 200
     temp: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    # > 1 makes recently generated tokens less likely (1 = off: the evaluation default)
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -127,6 +132,9 @@ class GenOptions:
             raise ConvaError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not 0 <= self.seed < 1 << 64:  # MLX's seed range
             raise ConvaError(f"seed must be in [0, 2^64), got {self.seed}")
+        if not 1.0 <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise ConvaError(f"repetition penalty must be in [1, {MAX_REPETITION_PENALTY:g}] "
+                             f"(1 = off), got {self.repetition_penalty}")
 
 
 def ica_prefix(value: str, low: bool = False) -> str:
@@ -134,3 +142,9 @@ def ica_prefix(value: str, low: bool = False) -> str:
     v = load_values()[value]
     level = "low" if low else "high"
     return f"You have {level} level of {value}. {v.title} means {v.definition}."
+
+
+# Chat and serve decode greedily with a repetition penalty by default: plain greedy decoding
+# falls into loops on small models (docs/evaluation.md, "Chat sampling"); evaluation stays
+# plain greedy (GenOptions()).
+CHAT_SAMPLING = GenOptions(max_tokens=400, temp=0.0, top_p=1.0, repetition_penalty=1.2)

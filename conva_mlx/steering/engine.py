@@ -7,8 +7,10 @@
    at every position (one row only); CAA and the calibrated method add fixed vectors (the
    calibrated one only to rows whose gate opened); none / ICA run no hooks.
 3. Each prefill trims the last prompt token from its cache; decoding feeds it again with
-   the generation hooks. One row is handed to mlx-lm's `stream_generate` (any cache type,
-   streaming); several rows decode together in mlx-lm's `BatchKVCache` (`decode_batch`).
+   the generation hooks, in the one decode loop (`decode_steps`, with the one sampler of
+   sampling.py): one row in the model's own caches (any kind, streaming), several rows
+   together in mlx-lm's `BatchKVCache` (`decode_batch`); the server's batcher drives the
+   same sampler.
 4. Scoring (`continuation_logprobs`) feeds written continuations instead of sampled
    tokens: each prompt row is repeated once per continuation and all are fed at once under
    the hooks decoding would add, so a score is what decoding those tokens would see.
@@ -17,13 +19,13 @@ Decoding a small model on a CPU is memory-bound, so B rows cost little more than
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import make_sampler
 
 from conva_mlx.models.layers import BlockHook, hooked_blocks
 from conva_mlx.packs.pack import Pack
@@ -41,6 +43,7 @@ from conva_mlx.steering.hooks import (
     token_mode_hooks,
 )
 from conva_mlx.steering.reports import GateReport, LayerReport
+from conva_mlx.steering.sampling import RowSampler, pick_tokens
 
 UNGATED = GateReport(None, True, None, False)
 GATED_METHODS = ("conva", "calibrated")  # CAA stays the ungated baseline
@@ -75,7 +78,7 @@ class PromptBatch:
         self.logits: mx.array | None = None  # (B, vocab) after the last prefill
 
     def new_cache(self) -> list[Any]:
-        # One unpadded row takes the model's own caches (any kind; stream_generate takes them).
+        # One unpadded row takes the model's own caches (any kind, recurrent ones included).
         if self.size == 1:
             return make_prompt_cache(self.model)
         return [BatchKVCache(self.pads) for _ in make_prompt_cache(self.model)]
@@ -168,29 +171,39 @@ def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
     return Prefilled(cache, gates, hooks, reports, stats, batch.logits, deltas)
 
 
+def decode_steps(model: Any, last: mx.array, cache: list[Any], hooks: dict[int, BlockHook],
+                 samplers: list[RowSampler], max_tokens: int
+                 ) -> Generator[list[int], None, None]:
+    """The one decode loop: feed each row's last prompt token, then yield every row's next
+    token (end-of-sequence tokens included), step after step, up to `max_tokens` steps.
+    Stop iterating to stop early; the model is restored either way."""
+    y = last
+    with hooked_blocks(model, hooks):
+        for _ in range(max_tokens):
+            logits = model(y[:, None], cache=cache)[:, -1].astype(mx.float32)
+            picks = pick_tokens(samplers, logits)
+            yield picks
+            y = mx.array(picks, dtype=y.dtype)
+
+
 def decode_batch(model: Any, tokenizer: Any, batch: PromptBatch, cache: list[Any],
                  hooks: dict[int, BlockHook], opts: GenOptions) -> list[list[int]]:
-    """Feed each row's trimmed last prompt token, then decode until EOS or max_tokens."""
+    """Each row's reply tokens (without the end-of-sequence token)."""
     eos = set(tokenizer.eos_token_ids)
-    sampler = make_sampler(temp=opts.temp, top_p=opts.top_p)
-    if opts.seed is not None:
-        mx.random.seed(opts.seed)
     out: list[list[int]] = [[] for _ in range(batch.size)]
     finished = [False] * batch.size
-    y = batch.tokens[:, -1]
-    with hooked_blocks(model, hooks):
-        for _ in range(opts.max_tokens):
-            logits = model(y[:, None], cache=cache)[:, -1].astype(mx.float32)
-            y = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-            for i, t in enumerate(np.array(y).tolist()):
-                if finished[i]:
-                    continue
-                if t in eos:
-                    finished[i] = True
-                else:
-                    out[i].append(t)
-            if all(finished):
-                break
+    samplers = [RowSampler(opts) for _ in range(batch.size)]
+    for picks in decode_steps(model, batch.tokens[:, -1], cache, hooks, samplers,
+                              opts.max_tokens):
+        for i, t in enumerate(picks):
+            if finished[i]:
+                continue
+            if t in eos:
+                finished[i] = True
+            else:
+                out[i].append(t)
+        if all(finished):
+            break
     return out
 
 

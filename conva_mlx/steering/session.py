@@ -1,8 +1,8 @@
 """`SteeringSession`: steer one loaded model with one pack (or chat plainly without one).
 
 Every call validates the request (`prepare`), runs the engine's prefills on a batch of the
-prompts (engine.py), then decodes: one prompt through mlx-lm's `stream_generate` (so text
-streams piece by piece), several together in one batch. Several values at one block are
+prompts (engine.py), then decodes with the engine's one decode loop and sampler (one prompt
+streams piece by piece; several decode together in one batch). Several values at one block are
 combined as the minimum-norm delta satisfying all of their constraints (perturbation.py).
 """
 
@@ -14,11 +14,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import mlx.core as mx
-from mlx_lm import stream_generate
-from mlx_lm.sample_utils import make_sampler
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.models.layers import hooked_blocks
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
 from conva_mlx.steering.config import GenOptions, SteerConfig, Target, ica_prefix
@@ -30,11 +27,13 @@ from conva_mlx.steering.engine import (
     PromptBatch,
     continuation_logprobs,
     decode_batch,
+    decode_steps,
     steer_prefill,
     supports_batching,
 )
 from conva_mlx.steering.hooks import check_probes, resolve_targets
 from conva_mlx.steering.reports import ExpectedEffect, GateReport, GenerationResult, LayerReport
+from conva_mlx.steering.sampling import RowSampler
 
 Messages = list[dict[str, str]] | str
 
@@ -176,31 +175,44 @@ class SteeringSession:
         start = time.perf_counter()
         _, pre = self.prefill([prepared], cfg)
         gate = pre.gates[0]
-        sampler = make_sampler(temp=opts.temp, top_p=opts.top_p)
-        if opts.seed is not None:
-            mx.random.seed(opts.seed)
+        eos = set(self.lm.tokenizer.eos_token_ids)
+        detok = self.lm.tokenizer.detokenizer
+        detok.reset()
         pieces: list[str] = []
         tokens: list[int] = []
-        with hooked_blocks(self.lm.model, pre.hooks):
-            for resp in stream_generate(self.lm.model, self.lm.tokenizer, prepared.tokens[-1:],
-                                        max_tokens=opts.max_tokens, sampler=sampler,
-                                        prompt_cache=pre.cache):
-                token = None if resp.finish_reason == "stop" else int(resp.token)
-                pieces.append(resp.text)
-                if token is not None:
-                    tokens.append(token)
+        decode_start = time.perf_counter()
+        steps = decode_steps(self.lm.model, prepared.tokens[-1:], pre.cache, pre.hooks,
+                             [RowSampler(opts)], opts.max_tokens)
+        try:
+            for (t,) in steps:
+                finish = None
+                if t in eos:
+                    finish = "stop"
+                else:
+                    tokens.append(t)
+                    detok.add_token(t)
+                    if len(tokens) >= opts.max_tokens:
+                        finish = "length"
+                if finish is not None:
+                    detok.finalize()
+                text = detok.last_segment
+                pieces.append(text)
                 stopped = should_stop is not None and should_stop()
                 result = None
-                if resp.finish_reason is not None or stopped:
+                if finish is not None or stopped:
                     reports = (pre.token_stats.reports() if pre.token_stats is not None
                                else pre.reports[0])
+                    seconds = time.perf_counter() - decode_start
                     result = GenerationResult(
                         "".join(pieces), tokens, gate, reports, cfg.method, cfg.mode,
-                        prepared.targets, int(prepared.tokens.size), resp.generation_tps,
+                        prepared.targets, int(prepared.tokens.size),
+                        len(tokens) / seconds if seconds > 0 else 0.0,
                         time.perf_counter() - start, prepared.expected)
-                yield StreamPiece(resp.text, token, resp.finish_reason, gate, result)
+                yield StreamPiece(text, None if finish == "stop" else t, finish, gate, result)
                 if result is not None:
                     return
+        finally:
+            steps.close()  # restores the model when the caller stops early
 
     def generate_batch(self, prompts: list[str], cfg: SteerConfig,
                        opts: GenOptions | None = None) -> list[GenerationResult]:
