@@ -11,35 +11,12 @@ import click
 from conva_mlx.cli.options import log, model_option
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.loading import load_model
-from conva_mlx.packs.pack import Pack, ValueEntry
+from conva_mlx.packs.pack import merge_packs
 from conva_mlx.serving.app import ServerConfig, create_app
 from conva_mlx.serving.protocol import Defaults, Limits
 from conva_mlx.sharing.pack_source import open_pack
 from conva_mlx.steering.config import Target
 from conva_mlx.steering.session import SteeringSession
-
-
-def merge_packs(packs: list[Pack]) -> Pack:
-    """One pack offering every value of the packs given (the first pack holding a value
-    serves it; the gate comes from the first pack that has one). One pack is served as it
-    is; the calibration of several is the first pack's when it covers every value."""
-    first = packs[0]
-    if len(packs) == 1:
-        return first
-    values: dict[str, ValueEntry] = {}
-    for p in packs:
-        if p.model.fingerprint != first.model.fingerprint:
-            raise ConvaError(f"the packs were made for different models ({first.model.model_id}"
-                             f" and {p.model.model_id})")
-        for name, entry in p.values.items():
-            values.setdefault(name, entry)
-    gate = next((p.gate for p in packs if p.gate is not None), None)
-    merged = Pack(first.model, values, gate, first.dataset_hash, first.capture, first.extra,
-                  first.recipe)
-    cal = first.calibration
-    if cal is not None and set(cal.values) >= set(values):
-        merged.calibration, merged.calibration_source = cal, first.calibration_source
-    return merged
 
 
 @click.command()
