@@ -238,3 +238,29 @@ def test_compare_names_only_differences_outside_both_intervals() -> None:
     close = compare_reports(a, model("b", 0.35, [0.25, 0.45], 3.0, [2.0, 4.0]))
     assert close["profile_differences"] == []
     assert [d["value"] for d in close["own_shift_differences"]] == ["power"]
+
+
+def test_compare_puts_two_models_side_by_side(audit_dir: Path, full_pack_dir: Path) -> None:
+    """The default model against itself (its scores are already stored): two columns, a
+    compare section, and no difference outside the intervals."""
+    from click.testing import CliRunner
+
+    from conva_mlx.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["audit", "--pack", str(full_pack_dir), "--out",
+                                   str(audit_dir), "--n", str(N_PER_VALUE), "--mcq-n",
+                                   str(MCQ_N), "--methods", DOSE, "--compare", "default",
+                                   "--compare-pack", str(full_pack_dir)])
+    assert res.exit_code == 0, res.output
+    report = _report(audit_dir)
+    a, b = report["models"]
+    assert a["leakage"] == b["leakage"] and a["profile"] == b["profile"]
+    cmp = report["comparison"]
+    assert cmp["profile_differences"] == [] and cmp["own_shift_differences"] == []
+    page = _Collect()
+    page.feed((audit_dir / "report.html").read_text())
+    assert page.sections == ["profile", "encoding", "dose", "leakage", "gate", "compare"]
+    assert page.images == 2 * 8 + 1
+    cells = Cells(report)
+    for path, fmt, text in page.cells:
+        assert text == format_value(cells.get(path), fmt), path

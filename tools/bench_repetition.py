@@ -24,9 +24,7 @@ from conva_mlx.values import VALUE_NAMES  # noqa: E402
 NGRAM = 8
 SETTINGS = {"greedy": GenOptions(), "greedy, penalty 1.1": GenOptions(repetition_penalty=1.1),
             "greedy, penalty 1.2": GenOptions(repetition_penalty=1.2),
-            "greedy, penalty 1.3": GenOptions(repetition_penalty=1.3),
-            "temp 0.7, top-p 0.9, penalty 1.1": GenOptions(temp=0.7, top_p=0.9, seed=0,
-                                                          repetition_penalty=1.1)}
+            "greedy, penalty 1.3": GenOptions(repetition_penalty=1.3)}
 
 
 def repeats(tokens: list[int], n: int = NGRAM) -> bool:
