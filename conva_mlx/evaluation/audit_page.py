@@ -41,9 +41,9 @@ body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180p
        color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 .cols { display: flex; gap: 1.5em; flex-wrap: wrap; align-items: flex-start; }
-.cols > div { flex: 1 1 480px; min-width: 0; }
+.cols > div { flex: 1 1 480px; min-width: 0; overflow-x: auto; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .82em; }
 td, th { border: 1px solid #ddd; padding: .2em .5em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .note { color: #555; font-size: .92em; } .lead { font-size: 1.08em; }
