@@ -8,6 +8,7 @@ Usage: .venv/bin/python tools/bench_repetition.py [--model default] [--max-token
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -57,8 +58,8 @@ def main() -> None:
     rows = {}
     wanted = args.only.split(",") if args.only else list(SETTINGS)
     for name, opts in ((n, o) for n, o in SETTINGS.items() if n in wanted):
-        opts.max_tokens = args.max_tokens
-        results = session.generate_batch(qs, SteerConfig(method="none"), opts)
+        results = session.generate_batch(qs, SteerConfig(method="none"),
+                                         dataclasses.replace(opts, max_tokens=args.max_tokens))
         loops = [repeats(r.tokens) for r in results]
         rows[name] = {"n": len(loops), "looping": round(sum(loops) / len(loops), 3),
                       "mean_tokens": round(sum(len(r.tokens) for r in results) / len(results), 1),

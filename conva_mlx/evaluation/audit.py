@@ -33,6 +33,7 @@ from conva_mlx.evaluation.runner import ANSWER_CUE, mcq_answer, mcq_letter_ids
 from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.fsutil import OutputKind
 from conva_mlx.packs.analysis import value_structure
+from conva_mlx.packs.pack import Pack
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import SteerConfig, SteeringSession, Target
 from conva_mlx.values import VALUE_NAMES, circumplex_distance
@@ -307,7 +308,7 @@ def _values(items: list[ChoiceItem]) -> list[str]:
     return list(dict.fromkeys(it.value for it in items))
 
 
-def _pack(session: SteeringSession) -> Any:
+def _pack(session: SteeringSession) -> Pack:
     if session.pack is None:
         raise ConvaError("audit needs a pack (--pack, or the model's cached pack)")
     return session.pack

@@ -9,6 +9,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from conva_mlx.fsutil import atomic_write_text
 from conva_mlx.plots import (
     plot_accuracy_heatmap,
@@ -95,8 +97,6 @@ def draw_figures(report: dict[str, Any], out: Path) -> dict[str, Path]:
         enc = m["encoding"]
         figs[f"m{i}-accuracy"] = plot_accuracy_heatmap(
             enc["accuracy"], out / f"m{i}-accuracy.png", f"Probe accuracy by block: {name}")
-        import numpy as np
-
         figs[f"m{i}-cosine"] = plot_heatmap(
             np.array(enc["cosine"]), enc["values"], out / f"m{i}-cosine.png",
             f"Value-vector cosine at block {enc['layer']} (circumplex order)")
