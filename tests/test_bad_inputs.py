@@ -493,7 +493,7 @@ def test_a_pack_without_a_pack_id_loads_with_one_warning(
 
 def test_eval_values_follow_the_prompts_file(tmp_path: Path) -> None:
     from conva_mlx.errors import ConvaError
-    from conva_mlx.evaluation.runner import prompt_file_values
+    from conva_mlx.evaluation.items import prompt_file_values
 
     f = tmp_path / "p.jsonl"
     f.write_text('{"value": "power", "prompt": "a"}\n{"value": "benevolence", "prompt": "b"}\n'

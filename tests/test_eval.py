@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 
 from conva_mlx.errors import ConvaError
+from conva_mlx.evaluation.items import load_items
 from conva_mlx.evaluation.judges import Judgement, Verdict
-from conva_mlx.evaluation.runner import (
-    EvalContext,
-    EvalOptions,
-    load_items,
-    mcq_answer,
-    mcq_letter_ids,
-    run_eval,
-    steer_config,
-)
+from conva_mlx.evaluation.mcq import mcq_answer, mcq_letter_ids
+from conva_mlx.evaluation.methods import steer_config
+from conva_mlx.evaluation.runner import run_eval
+from conva_mlx.evaluation.settings import EvalContext, EvalOptions
 from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
@@ -132,20 +128,21 @@ def test_interrupted_eval_resumes_without_redoing_generations(
     assert judge.calls == 4
     again = run_eval(EvalContext(session, out, lambda: judge), opts)
     assert len(calls) == 5 and judge.calls == 4  # everything cached
-    assert again["values"] == first["values"]
-    assert again["general_ability"] == first["general_ability"]
+    assert again.values == first.values
+    assert again.general_ability == first.general_ability
 
     # the same numbers as an uninterrupted run
     fresh = run_eval(EvalContext(session, tmp_path / "fresh", lambda: CountingJudge()), opts)
-    assert fresh["values"] == first["values"]
+    assert fresh.values == first.values
 
-    cell = first["values"]["benevolence"]["conva-nogate"]
-    assert cell["n"] == 2 and cell["gate_open_rate"] is None
-    assert cell["delta_norm_mean"] > 0 and 0.0 <= cell["changed_vs_none"] <= 1.0
-    plain = first["values"]["benevolence"]["none"]
-    assert plain["delta_norm_mean"] == 0.0 and plain["changed_vs_none"] == 0.0
-    assert set(first["general_ability"]) == {"none", "conva-nogate"}
-    assert first["general_ability"]["none"]["n"] == 2
+    cell = first.values["benevolence"]["conva-nogate"]
+    assert cell.n == 2 and cell.gate_open_rate is None
+    assert cell.delta_norm_mean is not None and cell.delta_norm_mean > 0
+    assert cell.changed_vs_none is not None and 0.0 <= cell.changed_vs_none <= 1.0
+    plain = first.values["benevolence"]["none"]
+    assert plain.delta_norm_mean == 0.0 and plain.changed_vs_none == 0.0
+    assert set(first.general_ability) == {"none", "conva-nogate"}
+    assert first.general_ability["none"].n == 2
     for name in ("results.json", "results.md", "csr.png"):
         assert (out / name).is_file()
     md = (out / "results.md").read_text()
@@ -157,7 +154,7 @@ def test_negative_prompt_results_are_kept_apart(session: SteeringSession, tmp_pa
     opts = EvalOptions(values=["power"], methods=["ica"], n=1, max_tokens=4,
                        negative_prompt=True, show_progress=False)
     res = run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
-    assert list(res["values"]["power"]) == ["ica+neg"]
+    assert list(res.values["power"]) == ["ica+neg"]
     assert (tmp_path / "results-neg.json").is_file()
     assert not (tmp_path / "results.json").exists()
     rec = next(iter(JsonlStore(tmp_path / "generations.jsonl").records.values()))

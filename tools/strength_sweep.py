@@ -27,7 +27,9 @@ import numpy as np
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
-from conva_mlx.evaluation.runner import EvalContext, EvalOptions, run_eval
+from conva_mlx.evaluation.results import EvalResults
+from conva_mlx.evaluation.runner import run_eval
+from conva_mlx.evaluation.settings import EvalContext, EvalOptions
 from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.evaluation.strength import FR_SLACK, choose_fair
 from conva_mlx.fsutil import atomic_write_json, atomic_write_text
@@ -42,16 +44,16 @@ def _floats(spec: str) -> list[float]:
     return [float(x) for x in spec.split(",") if x.strip()]
 
 
-def _summarise(out: Path, method: str, label: str, results: dict[str, Any]) -> dict[str, Any]:
+def _summarise(out: Path, method: str, label: str, results: EvalResults) -> dict[str, Any]:
     """Mean |delta|, CSR, FR and median reply perplexity of one setting."""
     gens = JsonlStore(out / "generations.jsonl").records
     judged = JsonlStore(out / "judgements.jsonl").records
     deltas = [g["delta_norm_mean"] for g in gens.values() if g["method"] == method]
     ppl = [j["fluency_score"] for j in judged.values()
            if j["fluency_score"] is not None and json.loads(j["generation"])[0] == method]
-    mean = results["mean"][method]
+    mean = results.mean[method]
     return {"method": method, "label": label, "delta": float(np.mean(deltas)),
-            "csr": mean["csr"], "fr": mean["fr"], "median_ppl": float(np.median(ppl)),
+            "csr": mean.csr, "fr": mean.fr, "median_ppl": float(np.median(ppl)),
             "n": len(deltas)}
 
 

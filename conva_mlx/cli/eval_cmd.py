@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,26 +12,103 @@ from conva_mlx.cli.options import log, model_option
 from conva_mlx.cli.packs import load_model_for_pack
 from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
+from conva_mlx.evaluation.items import prompt_file_values
 from conva_mlx.evaluation.judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
 from conva_mlx.evaluation.judges import Judge, OpenAIJudge
+from conva_mlx.evaluation.methods import EVAL_METHODS, parse_methods
 from conva_mlx.evaluation.recipe_pack import ensure_recipe_pack
-from conva_mlx.evaluation.runner import (
-    EVAL_METHODS,
-    EvalContext,
-    EvalOptions,
-    check_run_dir,
-    parse_methods,
-    print_table,
-    prompt_file_values,
-    run_eval,
-)
+from conva_mlx.evaluation.results import EvalResults, fmt, judge_card_text
+from conva_mlx.evaluation.runner import check_run_dir, run_eval
+from conva_mlx.evaluation.settings import EvalContext, EvalOptions
 from conva_mlx.models.default_model import DEFAULT_MODEL_ID
-from conva_mlx.models.loading import load_model
-from conva_mlx.probes.recipe import DIRECTIONS, RECIPES, check_p0, get_recipe
+from conva_mlx.models.loading import LoadedModel, load_model
+from conva_mlx.packs.pack import Pack
+from conva_mlx.probes.recipe import DIRECTIONS, RECIPES, get_recipe
 from conva_mlx.sharing.pack_source import resolve_pack_path
-from conva_mlx.steering import GenOptions, SteeringSession
+from conva_mlx.steering import SteeringSession
 from conva_mlx.steering.config import MODES, POSITIONS
 from conva_mlx.values import parse_values
+
+# The command's options that are EvalOptions fields, passed through by name.
+_OPTION_FIELDS = {f.name for f in fields(EvalOptions)} - {"values", "methods", "show_progress"}
+
+
+@dataclass(frozen=True)
+class JudgeChoice:
+    """Which judge reads the replies (--judge and its server settings)."""
+    kind: str
+    base_url: str | None
+    model: str
+    api_key_env: str
+
+    @property
+    def name(self) -> str:
+        return "offline-v1" if self.kind == "offline" else self.kind
+
+    def check(self) -> None:
+        if self.name == "openai":  # fail early on a missing key, before generating
+            OpenAIJudge(self.model, self.base_url, self.api_key_env)
+
+    def build(self, lm: LoadedModel, values: list[str]) -> Judge:
+        log(f"building the {self.name} judge...")
+        # offline-v1 reads with the evaluated model; offline-v2 with the default model
+        # (its head is tied to it), which is reused when it is the one evaluated.
+        judge_lm = lm if self.name == "offline-v1" or lm.model_id == DEFAULT_MODEL_ID else None
+        return make_judge(self.name, lm=judge_lm, base_url=self.base_url, model=self.model,
+                          api_key_env=self.api_key_env, values=values)
+
+
+def _load(pack_spec: str | None, recipe_name: str | None, model_spec: str, dtype: str,
+          opts: EvalOptions, out_dir: Path) -> tuple[LoadedModel, Pack, Path]:
+    """The model and the pack: a given pack, or one extracted with --recipe into OUT."""
+    from conva_mlx.packs.pack import load_pack
+
+    if pack_spec is not None:
+        pack_path = resolve_pack_path(pack_spec)
+        pack = load_pack(pack_path)
+        if recipe_name is not None and pack.recipe.name != recipe_name:
+            raise ConvaError(f"{pack_spec} was made with recipe '{pack.recipe.name}', not "
+                             f"'{recipe_name}' (leave out --pack to extract one)")
+        return load_model_for_pack(model_spec, dtype, pack), pack, pack_path
+    if recipe_name is None:
+        raise ConvaError("give --pack or --recipe")
+    lm = load_model(model_spec, dtype)
+    pack, pack_path = ensure_recipe_pack(lm, get_recipe(recipe_name), out_dir, opts.values,
+                                         ValueData(), "conva-uncontrolled" in opts.methods)
+    log(f"pack for recipe {recipe_name}: {pack_path}")
+    return lm, pack, pack_path
+
+
+def print_table(results: EvalResults) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: do not wrap the table at 80 columns
+        console = Console(width=160)
+    methods = list(results.mean)
+    t = Table(title="CSR / FR per value and method")
+    t.add_column("value")
+    for m in methods:
+        t.add_column(m, justify="center")
+    for v, row in results.values.items():
+        t.add_row(v, *(f"{fmt(row[m].csr)} / {fmt(row[m].fr)}" for m in methods))
+    t.add_row("[bold]mean", *(f"[bold]{fmt(results.mean[m].csr)} / "
+                              f"{fmt(results.mean[m].fr)}" for m in methods))
+    console.print(t)
+    if results.general_ability:
+        g = Table(title="General ability (MCQ accuracy)")
+        for c in ("method", "accuracy", "n", "gate open"):
+            g.add_column(c)
+        for m, r in results.general_ability.items():
+            g.add_row(m, fmt(r.accuracy), str(r.n), fmt(r.gate_open_rate))
+        console.print(g)
+    j = results.judge
+    console.print(f"value judge: {j.get('name', j['kind'])}{judge_card_text(j)}")
+    unparse = sum(c.value_unparseable + c.fluency_unparseable
+                  for r in results.values.values() for c in r.values())
+    if unparse:
+        console.print(f"[yellow]{unparse} judge answers could not be parsed (excluded)")
 
 
 @click.command("eval")
@@ -82,65 +161,23 @@ from conva_mlx.values import parse_values
 @click.option("--mcq-n", type=int, default=None, help="At most N multiple-choice questions.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True)
-def eval_command(pack_spec: str | None, recipe_name: str | None, split: str, mode: str | None,
-                 direction: str | None, positions: str | None, model_spec: str, dtype: str,
-                 values_spec: str | None,
-                 methods_spec: str, negative_prompt: bool, prompts_file: Path | None,
-                 n: int | None, judge_kind: str, judge_base_url: str | None, judge_model: str,
-                 judge_api_key_env: str, max_tokens: int, p0: float | None,
-                 caa_coef: float, batch_size: int, temp: float, seed: int | None,
-                 general: bool, mcq_n: int | None, out_dir: Path) -> None:
+def eval_command(pack_spec: str | None, recipe_name: str | None, model_spec: str, dtype: str,
+                 values_spec: str | None, methods_spec: str, out_dir: Path,
+                 **params: Any) -> None:
     """Evaluate steering methods on held-out value dilemmas (resumable)."""
-    from conva_mlx.packs.pack import load_pack
-
-    if values_spec is None and prompts_file is not None:
-        values = prompt_file_values(prompts_file)
-    else:
-        values = parse_values(values_spec or "all")
-    methods = parse_methods(methods_spec)
-    GenOptions(max_tokens=max_tokens, temp=temp, seed=seed)  # refuse bad settings up front
-    if n is not None and n < 1:
-        raise ConvaError("--n must be at least 1")
-    if p0 is not None:
-        check_p0(p0, "--p0")
-    if batch_size < 1:
-        raise ConvaError("--batch-size must be at least 1")
-    check_run_dir(out_dir)  # before loading anything
-    if pack_spec is not None:
-        pack_path = resolve_pack_path(pack_spec)
-        pack = load_pack(pack_path)
-        if recipe_name is not None and pack.recipe.name != recipe_name:
-            raise ConvaError(f"{pack_spec} was made with recipe '{pack.recipe.name}', not "
-                             f"'{recipe_name}' (leave out --pack to extract one)")
-        lm = load_model_for_pack(model_spec, dtype, pack)
-    elif recipe_name is not None:
-        lm = load_model(model_spec, dtype)
-        pack, pack_path = ensure_recipe_pack(lm, get_recipe(recipe_name), out_dir, values,
-                                             ValueData(), "conva-uncontrolled" in methods)
-        log(f"pack for recipe {recipe_name}: {pack_path}")
-    else:
-        raise ConvaError("give --pack or --recipe")
-    session = SteeringSession(lm, pack)
-
-    name = "offline-v1" if judge_kind == "offline" else judge_kind
-
-    def build_judge() -> Judge:
-        log(f"building the {name} judge...")
-        # offline-v1 reads with the evaluated model; offline-v2 with the default model
-        # (its head is tied to it), which is reused when it is the one evaluated.
-        judge_lm = lm if name == "offline-v1" or lm.model_id == DEFAULT_MODEL_ID else None
-        return make_judge(name, lm=judge_lm, base_url=judge_base_url, model=judge_model,
-                          api_key_env=judge_api_key_env, values=values)
-
-    if name == "openai":  # fail early on a missing key, before generating
-        OpenAIJudge(judge_model, judge_base_url, judge_api_key_env)
-    opts = EvalOptions(values=values, methods=methods, negative_prompt=negative_prompt, n=n,
-                       prompts_file=prompts_file, max_tokens=max_tokens, p0=p0,
-                       caa_coef=caa_coef, batch_size=batch_size, temp=temp, seed=seed,
-                       general=general, mcq_n=mcq_n, split=split,  # type: ignore[arg-type]
-                       mode=mode, direction=direction,  # type: ignore[arg-type]
-                       positions=positions)  # type: ignore[arg-type]
-    results = run_eval(EvalContext(session, out_dir, build_judge, pack_path), opts)
-    print_table(results)
-    suffix = "-neg" if negative_prompt else ""
+    judge = JudgeChoice(params.pop("judge_kind"), params.pop("judge_base_url"),
+                        params.pop("judge_model"), params.pop("judge_api_key_env"))
+    prompts_file = params["prompts_file"]
+    values = (prompt_file_values(prompts_file) if values_spec is None and prompts_file
+              else parse_values(values_spec or "all"))
+    opts = EvalOptions(values=values, methods=parse_methods(methods_spec),
+                       **{k: params[k] for k in _OPTION_FIELDS})
+    opts.check()  # bad settings fail here, before anything is loaded
+    check_run_dir(out_dir)
+    judge.check()
+    lm, pack, pack_path = _load(pack_spec, recipe_name, model_spec, dtype, opts, out_dir)
+    ctx = EvalContext(SteeringSession(lm, pack), out_dir, lambda: judge.build(lm, values),
+                      pack_path)
+    print_table(run_eval(ctx, opts))
+    suffix = "-neg" if opts.negative_prompt else ""
     log(f"wrote {out_dir}/results{suffix}.json, results{suffix}.md, csr{suffix}.png")

@@ -6,14 +6,13 @@ a resumable store per model) or from the pack (probe accuracies, value vectors, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from conva_mlx.data.dataset import MCQ, ValueData
+from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.choices import (
     UNSTEERED,
@@ -26,15 +25,15 @@ from conva_mlx.evaluation.choices import (
     load_choice_items,
     score_all,
     score_key,
+    unsteered_scores,
     value_profile,
 )
 from conva_mlx.evaluation.dose import dose_row, hidden_norms
-from conva_mlx.evaluation.runner import ANSWER_CUE, mcq_answer, mcq_letter_ids
+from conva_mlx.evaluation.mcq import score_mcqs
 from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.fsutil import OutputKind
 from conva_mlx.packs.analysis import value_structure
 from conva_mlx.packs.pack import Pack
-from conva_mlx.progress import progress_bar
 from conva_mlx.steering import SteerConfig, SteeringSession, Target
 from conva_mlx.values import VALUE_NAMES, circumplex_distance
 
@@ -75,7 +74,7 @@ def profile_section(run: ChoiceRun, items: list[ChoiceItem], opts: AuditOptions
     bias = float(np.mean([r["p_a"] for r in recs]))
     consistency = float(np.mean([order_consistent(r["score"], r["p_a"]) for r in recs]))
     form = "letter" if consistency >= LETTER_CONSISTENCY else "likelihood"
-    base = _base_scores(store, form, items)
+    base = unsteered_scores(store, form, items)
     profile = value_profile(base, form)
     order = sorted(profile, key=lambda v: profile[v]["favoured"])
     strongest, weakest = order[-1], order[0]
@@ -146,7 +145,7 @@ def leakage_section(run: ChoiceRun, items: list[ChoiceItem], opts: AuditOptions
     per steered value (its neighbours move more toward it than its opposites)."""
     store = score_all(run, _likelihood(items, opts, [DEFAULT_SETTING], leakage=True), items)
     matrix = leakage_matrix(store, "likelihood", DEFAULT_SETTING, items,
-                            _base_scores(store, "likelihood", items))
+                            unsteered_scores(store, "likelihood", items))
     circumplex: dict[str, Any] = {}
     for sv, row in matrix["rows"].items():
         near = [row["cells"][u]["shift"] for u in row["cells"]
@@ -169,37 +168,13 @@ def gate_section(session: SteeringSession, values: list[str], opts: AuditOptions
     pack = _pack(session)
     if pack.gate is None:
         return {"present": False}
-    mcqs = data.mcqs()[: opts.mcq_n]
-    letters = mcq_letter_ids(session.lm.tokenizer)
     configs = {"unsteered": lambda v: SteerConfig(method="none"),
                "default, gated": lambda v: SteerConfig([Target(v)], method="calibrated"),
                "default, no gate": lambda v: SteerConfig([Target(v)], method="calibrated",
                                                          gate=False)}
-    # the steered value rotates over the values, question by question; a batch shares both
-    groups: dict[tuple[str, str], list[MCQ]] = {}
-    for name in configs:
-        for i, q in enumerate(mcqs):
-            if json.dumps(["mcq", name, q.id]) not in store:
-                groups.setdefault((name, values[i % len(values)]), []).append(q)
-    total = sum(len(qs) for qs in groups.values())
-    with progress_bar(total, "general ability", opts.show_progress) as advance:
-        for (name, v), qs in groups.items():
-            for start in range(0, len(qs), opts.batch_size):
-                chunk = qs[start:start + opts.batch_size]
-                scored = session.next_token_logits_batch(
-                    [q.as_prompt() for q in chunk], configs[name](v), ANSWER_CUE)
-                for q, (logits, gate) in zip(chunk, scored):
-                    store.append({"key": json.dumps(["mcq", name, q.id]), "value": v,
-                                  "correct": mcq_answer(logits, letters) == q.answer,
-                                  "gate_open": gate.open if gate.used else None})
-                advance(len(chunk))
-    general: dict[str, Any] = {}
-    for name in configs:
-        recs = [store.records[json.dumps(["mcq", name, q.id])] for q in mcqs]
-        opened = [r["gate_open"] for r in recs if r["gate_open"] is not None]
-        general[name] = {"accuracy": round(float(np.mean([r["correct"] for r in recs])), 4),
-                         "n": len(recs),
-                         "gate_open_rate": round(float(np.mean(opened)), 4) if opened else None}
+    scores = score_mcqs(session, data.mcqs()[: opts.mcq_n], configs, values, store,
+                        opts.batch_size, opts.show_progress)
+    general = {name: s.to_json() for name, s in scores.items()}
     m = pack.gate.metrics
     return {"present": True, "layer": pack.gate.layer,
             "held_out": {"precision": round(m.precision, 4), "recall": round(m.recall, 4),
@@ -293,15 +268,6 @@ def _likelihood(items: list[ChoiceItem], opts: AuditOptions, settings: list[Meth
 def _record(store: JsonlStore, form: str, setting: MethodSetting, item: ChoiceItem,
             steered: str = UNSTEERED) -> dict[str, Any]:
     return store.records[score_key(form, setting, steered, item.id)]
-
-
-def _base_scores(store: JsonlStore, form: str, items: list[ChoiceItem]
-                 ) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for it in items:
-        rec = _record(store, form, MethodSetting("none"), it)
-        out.setdefault(it.value, []).append(float(rec["score"]))
-    return out
 
 
 def _values(items: list[ChoiceItem]) -> list[str]:

@@ -322,13 +322,20 @@ def _by_value(items: list[ChoiceItem]) -> dict[str, list[ChoiceItem]]:
     return out
 
 
+def unsteered_scores(store: JsonlStore, form: str, items: list[ChoiceItem]
+                     ) -> dict[str, list[float]]:
+    """Per value, the unsteered model's scores on its dilemmas (the baseline of every shift)."""
+    return {v: _scores(store, form, MethodSetting("none"), UNSTEERED, its)
+            for v, its in _by_value(items).items()}
+
+
 def summarise(store: JsonlStore, opts: ChoiceOptions, items: list[ChoiceItem]
               ) -> dict[str, Any]:
     """Per method: mean score, shift against none with interval, share moved, per value;
     the unsteered profile; the letter bias; the leakage matrices."""
     form, none = opts.form, MethodSetting("none")
     groups = _by_value(items)
-    base = {v: _scores(store, form, none, UNSTEERED, its) for v, its in groups.items()}
+    base = unsteered_scores(store, form, items)
     methods: dict[str, Any] = {}
     for setting in [none, *[s for s in opts.settings if s.steers]]:
         per_value: dict[str, Any] = {}

@@ -64,10 +64,15 @@ def dose_row(rows: list[Record], base: dict[str, Record], pack: Pack | None,
     flu = np.array([fluency_change(r, base[r["id"]]) for r in rows])
     ratios = []
     if pack is not None and norms is not None:
+        h_mean: dict[tuple[str, str], float | None] = {}  # the blocks depend on these two only
         for r in rows:
-            blocks = steered_blocks(pack, r["method"], r["value"])
-            if blocks and r.get("delta_norm"):
-                ratios.append(float(r["delta_norm"]) / float(np.mean(norms[blocks])))
+            where = (r["method"], r["value"])
+            if where not in h_mean:
+                blocks = steered_blocks(pack, *where)
+                h_mean[where] = float(np.mean(norms[blocks])) if blocks else None
+            h = h_mean[where]
+            if h and r.get("delta_norm"):
+                ratios.append(float(r["delta_norm"]) / h)
     return {"n": len(rows),
             "shift": round(float(shift.mean()), 4) if rows else None,
             "favoured": round(float(fav.mean()), 4) if rows else None,

@@ -4,9 +4,10 @@ A request joins the running batch after its own prefill (the steering engine's g
 and steering prefill, exactly as `generate` runs them for one prompt); its KV cache is
 merged into the batch's left-padded `BatchKVCache`. Every decode step feeds one token per
 row; each steered block adds a (B, hidden) matrix of the rows' own fixed deltas (prompt
-mode, CAA; zero rows for the others), and token-mode rows get their minimal delta
-recomputed at their own state. Rows leave as they finish (EOS, max tokens, a stop string,
-a client gone) and the cache is filtered down to the rest.
+mode, CAA; zero rows for the others), and token-mode rows run their own token-mode hook
+(the engine's, which recomputes the minimal delta at their own state). Rows leave as they
+finish (EOS, max tokens, a stop string, a client gone) and the cache is filtered down to the
+rest.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from mlx_lm.models.cache import BatchKVCache
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import BlockHook, hooked_blocks
-from conva_mlx.probes.perturbation import minimal_delta
 from conva_mlx.steering.config import GenOptions, SteerConfig
-from conva_mlx.steering.engine import supports_batching
-from conva_mlx.steering.hooks import LayerPlan
-from conva_mlx.steering.reports import GenerationResult
-from conva_mlx.steering.sampling import RowSampler, pick_tokens
+from conva_mlx.steering.engine import decode_step, supports_batching
+from conva_mlx.steering.hooks import TokenStats
+from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
+from conva_mlx.steering.sampling import RowSampler
 from conva_mlx.steering.session import Prepared, SteeringSession
 
 
@@ -56,10 +56,11 @@ class Job:
 class _Row:
     job: Job
     detok: Any
-    gate: Any
-    reports: list[Any]
+    gate: GateReport
+    reports: list[LayerReport]
     deltas: dict[int, mx.array]  # block -> (hidden,)
-    token_plans: dict[int, LayerPlan]  # token mode: block -> plan
+    token_hooks: dict[int, BlockHook]  # token mode: the row's own per-position hooks
+    token_stats: TokenStats | None  # ... and the statistics they keep
     sampler: RowSampler
     start: float
     tokens: list[int] = field(default_factory=list)
@@ -134,11 +135,11 @@ class ContinuousBatcher:
     def _join(self, job: Job) -> None:
         session, cfg = self.session, job.cfg
         _, pre = session.prefill([job.prepared], cfg)
-        # Token mode: the prefill's plans keep steering this row's new positions.
-        token_plans = dict(pre.token_stats.plans) if pre.token_stats is not None else {}
-        row = _Row(job, session.lm.tokenizer.detokenizer, pre.gates[0],
-                   pre.token_stats.reports() if pre.token_stats is not None else pre.reports[0],
-                   {k: d[0] for k, d in pre.deltas.items()}, token_plans,
+        # Token mode: the prefill's hooks keep steering this row's new positions.
+        token_mode = pre.token_stats is not None
+        row = _Row(job, session.lm.tokenizer.detokenizer, pre.gates[0], pre.reports[0],
+                   {k: d[0] for k, d in pre.deltas.items()},
+                   dict(pre.hooks) if token_mode else {}, pre.token_stats,
                    RowSampler(job.opts), time.perf_counter())
         row.detok.reset()
         joined = [BatchKVCache.merge([c]) for c in pre.cache]
@@ -156,15 +157,15 @@ class ContinuousBatcher:
 
     def _build_hooks(self) -> dict[int, BlockHook]:
         """One hook per block any row steers: its rows' fixed deltas, plus token mode."""
-        blocks = sorted({k for r in self._rows for k in (*r.deltas, *r.token_plans)})
+        blocks = sorted({k for r in self._rows for k in (*r.deltas, *r.token_hooks)})
         hidden = self.session.lm.hidden_size
         hooks: dict[int, BlockHook] = {}
         for k in blocks:
             fixed = None
             if any(k in r.deltas for r in self._rows):
                 fixed = mx.stack([r.deltas.get(k, mx.zeros((hidden,))) for r in self._rows])
-            token_rows = [(i, r.token_plans[k]) for i, r in enumerate(self._rows)
-                          if k in r.token_plans]
+            token_rows = {i: r.token_hooks[k] for i, r in enumerate(self._rows)
+                          if k in r.token_hooks}
             hooks[k] = _block_hook(fixed, token_rows, len(self._rows))
         return hooks
 
@@ -172,8 +173,7 @@ class ContinuousBatcher:
         assert self._cache is not None and self._y is not None
         model = self.session.lm.model
         with hooked_blocks(model, self._hooks):
-            logits = model(self._y[:, None], cache=self._cache)[:, -1].astype(mx.float32)
-        picks = pick_tokens([r.sampler for r in self._rows], logits)
+            picks = decode_step(model, self._y, self._cache, [r.sampler for r in self._rows])
         self.steps += 1
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(self._rows, picks)):
@@ -219,11 +219,10 @@ class ContinuousBatcher:
                 row.sent = safe
             return True
         seconds = time.perf_counter() - row.start
-        result = GenerationResult(row.text, row.tokens, row.gate, row.reports,
-                                  job.cfg.method, job.cfg.mode, job.prepared.targets,
-                                  int(job.prepared.tokens.size),
-                                  len(row.tokens) / seconds if seconds > 0 else 0.0, seconds,
-                                  job.prepared.expected)
+        reports = row.token_stats.reports() if row.token_stats is not None else row.reports
+        result = job.prepared.result(
+            row.text, row.tokens, row.gate, reports, job.cfg, seconds=seconds,
+            generation_tps=len(row.tokens) / seconds if seconds > 0 else 0.0)
         job.emit(Event(row.text[row.sent:], finish, result))
         return False
 
@@ -233,16 +232,15 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def _block_hook(fixed: mx.array | None, token_rows: list[tuple[int, LayerPlan]],
+def _block_hook(fixed: mx.array | None, token_rows: dict[int, BlockHook],
                 size: int) -> BlockHook:
-    def hook(_k: int, h: mx.array) -> mx.array:
+    """The rows' fixed deltas at once, then each token-mode row through its own hook (the
+    one that computes token mode's delta and keeps that row's statistics)."""
+    def hook(k: int, h: mx.array) -> mx.array:
         if fixed is not None:
             h = h + fixed[:, None, :].astype(h.dtype)
         if token_rows:
-            zero = mx.zeros((1, *h.shape[1:]), dtype=h.dtype)
-            parts = [zero] * size
-            for i, plan in token_rows:
-                parts[i] = minimal_delta(h[i:i + 1], plan.cons).astype(h.dtype)
-            h = h + mx.concatenate(parts)
+            h = mx.concatenate([token_rows[i](k, h[i:i + 1]) if i in token_rows
+                                else h[i:i + 1] for i in range(size)])
         return h
     return hook

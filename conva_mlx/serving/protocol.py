@@ -1,4 +1,5 @@
-"""The OpenAI wire format in, steering settings out: parse and check one request body.
+"""The OpenAI wire format both ways: parse and check one request body (steering settings
+out), and write the responses (whole, streamed chunks, usage, model list, steering info).
 
 Every problem is a `RequestError` (HTTP 400 unless said otherwise) whose message says what
 to fix; the server answers it in OpenAI's error shape and keeps serving."""
@@ -6,10 +7,13 @@ to fix; the server answers it in OpenAI's error shape and keeps serving."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from conva_mlx.errors import ConvaError
+from conva_mlx.packs.pack import Pack
 from conva_mlx.steering.config import (
     CHAT_SAMPLING,
     DEFAULT_METHOD,
@@ -20,6 +24,9 @@ from conva_mlx.steering.config import (
     SteerConfig,
     Target,
 )
+from conva_mlx.steering.effects import expected_effects
+from conva_mlx.steering.engine import PACK_METHODS
+from conva_mlx.steering.reports import GenerationResult
 
 
 class RequestError(Exception):
@@ -274,3 +281,126 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
                            strength=float(strength))
     except ConvaError as exc:
         raise RequestError(str(exc), param="steering") from None
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The `prompt` of a text completion: a string, or a list holding one string."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise RequestError("'prompt' must be a string", param="prompt")
+    return prompt
+
+
+# ----------------------------------------------------------------------------- responses
+
+Kind = Literal["chat", "completion"]
+
+
+def diagnostics(result: GenerationResult) -> dict[str, Any]:
+    """The steering diagnostics a response carries in its `conva` field."""
+    d = result.as_dict()
+    return {k: d[k] for k in ("method", "mode", "targets", "gate", "layers", "expected")}
+
+
+def usage(result: GenerationResult) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": len(result.tokens),
+            "total_tokens": result.prompt_tokens + len(result.tokens)}
+
+
+def sse(body: dict[str, Any] | str) -> str:
+    """One server-sent event (`data: ...` and a blank line)."""
+    return f"data: {body if isinstance(body, str) else json.dumps(body)}\n\n"
+
+
+SSE_DONE = sse("[DONE]")
+
+
+def server_error(message: str) -> dict[str, Any]:
+    return RequestError(message, 500, kind="server_error").body()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The identity every part of one response shares, and the shapes it is written in."""
+    kind: Kind
+    model: str
+    id: str
+    created: int
+
+    @classmethod
+    def new(cls, kind: Kind, model: str) -> Reply:
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        return cls(kind, model, prefix + uuid.uuid4().hex[:24], int(time.time()))
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def whole(self, content: str, finish: str | None, result: GenerationResult
+              ) -> dict[str, Any]:
+        """A non-streaming response."""
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": content},
+             "finish_reason": finish, "logprobs": None} if self.kind == "chat" else
+            {"index": 0, "text": content, "finish_reason": finish, "logprobs": None})
+        obj = "chat.completion" if self.kind == "chat" else "text_completion"
+        return {**self._head(obj), "choices": [choice], "usage": usage(result),
+                "conva": diagnostics(result)}
+
+    @property
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+
+    def chunk(self, text: str | None, finish: str | None = None, first: bool = False,
+              result: GenerationResult | None = None) -> str:
+        """One streamed piece; the last one (with `result`) carries the diagnostics."""
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish,
+                                      "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish,
+                      "logprobs": None}
+        body = {**self._head(self._chunk_object), "choices": [choice]}
+        if result is not None:
+            body["conva"] = diagnostics(result)
+        return sse(body)
+
+    def usage_chunk(self, result: GenerationResult) -> str:
+        """The extra last chunk `stream_options.include_usage` asks for."""
+        return sse({**self._head(self._chunk_object), "choices": [], "usage": usage(result)})
+
+
+def model_list(model_name: str) -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                        "owned_by": "conva-mlx"}]}
+
+
+def _value_info(pack: Pack, name: str) -> dict[str, Any]:
+    """One value in `GET /v1/steering`: its blocks, methods, and what the calibrated
+    method's default strength is expected to do (when the pack is calibrated)."""
+    e = pack.value(name)
+    info: dict[str, Any] = {
+        "default_p0": e.default_p0, "layers": list(e.layers),
+        "methods": ["caa"] if e.fixed_scale is not None else list(PACK_METHODS)}
+    effect = expected_effects(pack, SteerConfig([name], method="calibrated"), [Target(name)])
+    if effect:
+        info["expected"] = effect[0].as_dict()
+        info["expected_text"] = effect[0].sentence()
+    return info
+
+
+def steering_info(pack: Pack | None, defaults: Defaults) -> dict[str, Any]:
+    """`GET /v1/steering`: the values a client can steer, the gate, the defaults."""
+    return {
+        "values": {} if pack is None else {n: _value_info(pack, n) for n in pack.values},
+        "gate": None if pack is None or pack.gate is None else {
+            "layer": pack.gate.layer, "threshold": pack.gate.threshold},
+        "calibration": None if pack is None or pack.calibration is None
+        else pack.calibration_source,
+        "defaults": {"values": {t.value: t.p0 for t in defaults.targets},
+                     "method": defaults.method if defaults.targets else "none"},
+        "methods": list(METHODS), "modes": list(MODES)}

@@ -18,44 +18,35 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.models.layers import BlockHook, hooked_blocks
+from conva_mlx.models.layers import hooked_blocks
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
 from conva_mlx.steering.config import DEFAULT_METHOD, Method, Mode, SteerConfig, TargetSpec
 from conva_mlx.steering.engine import (
-    FIXED_METHODS,
     GATED_METHODS,
     PACK_METHODS,
     UNGATED,
     PromptBatch,
+    check_request,
+    plan_push,
 )
-from conva_mlx.steering.hooks import (
-    PromptModeMeasure,
-    TokenStats,
-    add_fixed,
-    caa_deltas,
-    caa_reports,
-    calibrated_deltas,
-    check_probes,
-    layer_plans,
-    resolve_targets,
-    token_mode_hooks,
-)
+from conva_mlx.steering.hooks import TokenStats
 from conva_mlx.steering.reports import GateReport, LayerReport
 
 
-@dataclass
+@dataclass(frozen=True)
 class SteeringHandle:
     """What the `steered` block did: the gate's decision and each steered block's change."""
 
     gate: GateReport
-    _reports: list[LayerReport] = field(default_factory=list)
-    _stats: TokenStats | None = None
+    prompt_reports: list[LayerReport] = field(default_factory=list)  # fixed deltas
+    token_stats: TokenStats | None = None  # token mode: updated as positions run
 
     @property
     def layers(self) -> list[LayerReport]:
         """Per steered block (token mode: averaged over every position run so far)."""
-        return self._stats.reports() if self._stats is not None else self._reports
+        return self.token_stats.reports() if self.token_stats is not None \
+            else self.prompt_reports
 
 
 def _prompt_tokens(lm: LoadedModel, prompt: str | Sequence[int]) -> mx.array:
@@ -69,11 +60,12 @@ def _prompt_tokens(lm: LoadedModel, prompt: str | Sequence[int]) -> mx.array:
 
 @contextmanager
 def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec,
-            method: Method = DEFAULT_METHOD, mode: Mode = "token",
+            method: Method = DEFAULT_METHOD, mode: Mode = "prompt",
             prompt: str | Sequence[int] | None = None, gate: bool | None = None,
             caa_coef: float = 1.0, strength: float = 1.0) -> Iterator[SteeringHandle]:
     """Steer `lm.model` toward (or, with Target(..., away=True), away from) the targets
-    while the block runs. `gate` defaults to on when a prompt is given, off otherwise."""
+    while the block runs. `gate` defaults to on when a prompt is given, off otherwise.
+    The mode matters to ConVA only (the same default as `SteerConfig`: prompt)."""
     if method not in PACK_METHODS:
         raise ConvaError(f"steered() runs {', '.join(PACK_METHODS)} (ica is a prompt "
                          f"prefix: see ica_prefix); got '{method}'")
@@ -83,33 +75,19 @@ def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec,
     if not cfg.targets:
         raise ConvaError("steered() needs at least one value, e.g. 'benevolence'")
     pack.check_model(lm.model_id, lm.fingerprint)
-    resolved = resolve_targets(pack, cfg.targets, method)
-    if method == "conva":
-        check_probes(pack, resolved)
+    resolved = check_request(pack, cfg)
     if prompt is None and (use_gate or (method == "conva" and mode == "prompt")):
         raise ConvaError("the gate and prompt mode read the prompt: pass prompt=..., or use "
                          "mode='token' with gate=False")
     tokens = _prompt_tokens(lm, prompt) if prompt is not None else None
-    handle = SteeringHandle(UNGATED)
+    decision = UNGATED
     if use_gate:
-        if pack.gate is None:
-            raise ConvaError("this pack has no gate (imported vector?); pass gate=False")
+        assert tokens is not None and pack.gate is not None  # check_request saw the gate
+        decision = PromptBatch(lm.model, [tokens]).gate_pass(pack.gate)[1][0]
+    push = plan_push(pack, cfg, resolved, [decision])
+    if push.measure is not None:  # prompt mode: measure on the prompt, then hold the deltas
         assert tokens is not None
-        handle.gate = PromptBatch(lm.model, [tokens]).gate_pass(pack.gate)[1][0]
-    hooks: dict[int, BlockHook] = {}
-    if not handle.gate.open:
-        pass  # the gate stays closed: the loop runs the plain model
-    elif method in FIXED_METHODS:
-        deltas = (caa_deltas(pack, cfg, resolved) if method == "caa"
-                  else calibrated_deltas(pack, cfg, resolved))
-        hooks = {k: add_fixed(d) for k, d in deltas.items()}
-        handle._reports = caa_reports(deltas)
-    elif mode == "token":
-        hooks, handle._stats = token_mode_hooks(layer_plans(pack, cfg, resolved))
-    else:  # prompt mode: measure on the prompt, then add the fixed deltas everywhere
-        assert tokens is not None
-        measure = PromptModeMeasure(layer_plans(pack, cfg, resolved))
-        PromptBatch(lm.model, [tokens]).prefill(measure.hooks())
-        hooks, handle._reports = measure.generation_hooks(), measure.reports()[0]
-    with hooked_blocks(lm.model, hooks):
-        yield handle
+        PromptBatch(lm.model, [tokens]).prefill(push.prefill_hooks())
+        push.measured()
+    with hooked_blocks(lm.model, push.hooks):
+        yield SteeringHandle(decision, push.reports[0], push.stats)

@@ -20,13 +20,14 @@ Decoding a small model on a CPU is memory-bound, so B rows cost little more than
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache, trim_prompt_cache
 
+from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import BlockHook, hooked_blocks
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.gate import Gate
@@ -39,13 +40,15 @@ from conva_mlx.steering.hooks import (
     caa_deltas,
     caa_reports,
     calibrated_deltas,
+    check_probes,
     layer_plans,
+    resolve_targets,
     token_mode_hooks,
 )
 from conva_mlx.steering.reports import GateReport, LayerReport
 from conva_mlx.steering.sampling import RowSampler, pick_tokens
 
-UNGATED = GateReport(None, True, None, False)
+UNGATED = GateReport(score=None, open=True, threshold=None, used=False)
 GATED_METHODS = ("conva", "calibrated")  # CAA stays the ungated baseline
 FIXED_METHODS = ("caa", "calibrated")  # one fixed vector per block
 PACK_METHODS = ("conva", "caa", "calibrated")
@@ -108,8 +111,8 @@ class PromptBatch:
 
         cache = self.prefill({gate.layer: read_gate})
         scores = gate.scores(np.array(state["e"].astype(mx.float32)))
-        return cache, [GateReport(float(s), bool(s >= gate.threshold), gate.threshold, True)
-                       for s in scores]
+        return cache, [GateReport(score=float(s), open=bool(s >= gate.threshold),
+                                  threshold=gate.threshold, used=True) for s in scores]
 
 
 @dataclass
@@ -124,51 +127,108 @@ class Prefilled:
     logits: mx.array  # (B, vocab) next-token logits after each prompt
     deltas: dict[int, mx.array]  # block -> (B, hidden) fixed per-row deltas (prompt mode, CAA)
 
+    def row_reports(self, i: int = 0) -> list[LayerReport]:
+        """Row i's per-block reports so far (token mode: from its running statistics)."""
+        return self.token_stats.reports() if self.token_stats is not None else self.reports[i]
+
+
+def check_request(pack: Pack | None, cfg: SteerConfig) -> list[Target]:
+    """The one check of steering settings against a pack (the session's requests and
+    `steered()` both run it); returns the targets with their levels filled in."""
+    if pack is None and cfg.method in PACK_METHODS:
+        raise ConvaError(f"method {cfg.method} needs a pack (only none and ica run without)")
+    targets = resolve_targets(pack, cfg.targets, cfg.method)
+    if cfg.method != "none" and not targets:
+        raise ConvaError("choose at least one value to steer (or method none)")
+    if pack is not None and cfg.method == "conva":
+        check_probes(pack, targets)
+    if pack is not None and cfg.method in GATED_METHODS and cfg.gate and pack.gate is None:
+        raise ConvaError("this pack has no gate (imported vector?); turn the gate off "
+                         "(--no-gate, gate=False)")
+    return targets
+
+
+@dataclass
+class Push:
+    """What a method adds to a batch whose gates are decided: the one place where the
+    methods are told apart. Prompt mode's deltas exist only after its measuring prefill
+    (`measure`'s hooks); `measured()` then fills in the rest."""
+
+    reports: list[list[LayerReport]]  # per row
+    hooks: dict[int, BlockHook] = field(default_factory=dict)  # added at every new position
+    deltas: dict[int, mx.array] = field(default_factory=dict)  # block -> (B, hidden)
+    stats: TokenStats | None = None  # token mode
+    measure: PromptModeMeasure | None = None  # prompt mode, until measured
+
+    @property
+    def steers(self) -> bool:
+        return bool(self.hooks) or self.measure is not None
+
+    def prefill_hooks(self) -> dict[int, BlockHook]:
+        return self.measure.hooks() if self.measure is not None else self.hooks
+
+    def measured(self) -> None:
+        """After the prefill with `prefill_hooks()`: prompt mode's deltas, hooks, reports."""
+        if self.measure is not None:
+            m, self.measure = self.measure, None
+            self.hooks, self.reports, self.deltas = (m.generation_hooks(), m.reports(),
+                                                     dict(m.deltas))
+
+
+def plan_push(pack: Pack | None, cfg: SteerConfig, targets: list[Target],
+              gates: list[GateReport]) -> Push:
+    """The push of `cfg` for rows with these gate decisions (closed rows get none)."""
+    on = [g.open for g in gates]
+    if pack is None or not any(on):
+        return Push([[] for _ in gates])
+    if cfg.method in FIXED_METHODS:
+        fixed = (caa_deltas(pack, cfg, targets) if cfg.method == "caa"
+                 else calibrated_deltas(pack, cfg, targets))
+        reports = [caa_reports(fixed) if o else [] for o in on]
+        if all(on):
+            return Push(reports, {k: add_fixed(d) for k, d in fixed.items()},
+                        {k: mx.broadcast_to(d, (len(on), d.shape[-1]))
+                         for k, d in fixed.items()})
+        # closed rows get delta 0, so they stay exactly unsteered
+        open_rows = mx.array([1.0 if o else 0.0 for o in on])[:, None]
+        deltas = {k: open_rows * d[None, :] for k, d in fixed.items()}
+        return Push(reports, {k: add_rows(d) for k, d in deltas.items()}, deltas)
+    if cfg.method == "conva":
+        plans = layer_plans(pack, cfg, targets)
+        if cfg.mode == "token":
+            if len(on) != 1:
+                raise ValueError("token mode keeps one sequence's statistics: one row only")
+            hooks, stats = token_mode_hooks(plans)
+            return Push([[]], hooks, stats=stats)
+        rows_on = None if all(on) else mx.array([1.0 if o else 0.0 for o in on])
+        return Push([[] for _ in on], measure=PromptModeMeasure(
+            plans, rows_on, cfg.positions == "generated"))
+    return Push([[] for _ in on])  # none and ICA add nothing
+
 
 def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
                   targets: list[Target]) -> Prefilled:
     """Steps 1-2 of the module docstring."""
     gates = [UNGATED] * batch.size
     cache: list[Any] | None = None
-    hooks: dict[int, BlockHook] = {}
-    reports: list[list[LayerReport]] = [[] for _ in range(batch.size)]
-    stats: TokenStats | None = None
-    deltas: dict[int, mx.array] = {}
     gate = pack.gate if pack is not None else None
     if cfg.method in GATED_METHODS and cfg.gate and gate is not None:
         cache, gates = batch.gate_pass(gate)
-    if cfg.method in FIXED_METHODS and pack is not None and any(g.open for g in gates):
-        fixed = (caa_deltas(pack, cfg, targets) if cfg.method == "caa"
-                 else calibrated_deltas(pack, cfg, targets))
-        on = [g.open for g in gates]
-        if all(on):
-            hooks = {k: add_fixed(d) for k, d in fixed.items()}
-            deltas = {k: mx.broadcast_to(d, (batch.size, d.shape[-1]))
-                      for k, d in fixed.items()}
-        else:  # closed rows get delta 0, so they stay exactly unsteered
-            open_rows = mx.array([1.0 if o else 0.0 for o in on])[:, None]
-            deltas = {k: open_rows * d[None, :] for k, d in fixed.items()}
-            hooks = {k: add_rows(d) for k, d in deltas.items()}
-        cache = batch.prefill(hooks)
-        reports = [caa_reports(fixed) if o else [] for o in on]
-    elif cfg.method == "conva" and pack is not None and any(g.open for g in gates):
-        plans = layer_plans(pack, cfg, targets)
-        if cfg.mode == "token":
-            if batch.size != 1:
-                raise ValueError("token mode keeps one sequence's statistics: one row only")
-            hooks, stats = token_mode_hooks(plans)
-            cache = batch.prefill(hooks)
-        else:
-            rows_on = (None if all(g.open for g in gates)
-                       else mx.array([1.0 if g.open else 0.0 for g in gates]))
-            measure = PromptModeMeasure(plans, rows_on, cfg.positions == "generated")
-            cache = batch.prefill(measure.hooks())
-            hooks, reports = measure.generation_hooks(), measure.reports()
-            deltas = dict(measure.deltas)
-    elif cache is None:
-        cache = batch.prefill({})
+    push = plan_push(pack, cfg, targets, gates)
+    if push.steers or cache is None:  # a closed gate's unsteered cache is kept as it is
+        cache = batch.prefill(push.prefill_hooks())
+        push.measured()
     assert batch.logits is not None
-    return Prefilled(cache, gates, hooks, reports, stats, batch.logits, deltas)
+    return Prefilled(cache, gates, push.hooks, push.reports, push.stats, batch.logits,
+                     push.deltas)
+
+
+def decode_step(model: Any, last: mx.array, cache: list[Any], samplers: list[RowSampler]
+                ) -> list[int]:
+    """One decode step for a batch (under the caller's hooks): feed each row's last token,
+    pick each row's next one with its own sampler."""
+    logits = model(last[:, None], cache=cache)[:, -1].astype(mx.float32)
+    return pick_tokens(samplers, logits)
 
 
 def decode_steps(model: Any, last: mx.array, cache: list[Any], hooks: dict[int, BlockHook],
@@ -180,8 +240,7 @@ def decode_steps(model: Any, last: mx.array, cache: list[Any], hooks: dict[int, 
     y = last
     with hooked_blocks(model, hooks):
         for _ in range(max_tokens):
-            logits = model(y[:, None], cache=cache)[:, -1].astype(mx.float32)
-            picks = pick_tokens(samplers, logits)
+            picks = decode_step(model, y, cache, samplers)
             yield picks
             y = mx.array(picks, dtype=y.dtype)
 

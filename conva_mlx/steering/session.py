@@ -21,17 +21,15 @@ from conva_mlx.packs.pack import Pack
 from conva_mlx.steering.config import GenOptions, SteerConfig, Target, ica_prefix
 from conva_mlx.steering.effects import expected_effects
 from conva_mlx.steering.engine import (
-    GATED_METHODS,
-    PACK_METHODS,
     Prefilled,
     PromptBatch,
+    check_request,
     continuation_logprobs,
     decode_batch,
     decode_steps,
     steer_prefill,
     supports_batching,
 )
-from conva_mlx.steering.hooks import check_probes, resolve_targets
 from conva_mlx.steering.reports import ExpectedEffect, GateReport, GenerationResult, LayerReport
 from conva_mlx.steering.sampling import RowSampler
 
@@ -45,6 +43,15 @@ class Prepared(NamedTuple):
     tokens: mx.array
     gate_index: int  # position of the templated query's last token
     expected: list[ExpectedEffect]  # the calibrated method's expected effect per value
+
+    def result(self, text: str, tokens: list[int], gate: GateReport,
+               layers: list[LayerReport], cfg: SteerConfig, *, generation_tps: float = 0.0,
+               seconds: float = 0.0) -> GenerationResult:
+        """The finished reply to this request (generate, generate_batch and the server)."""
+        return GenerationResult(
+            text=text, tokens=tokens, gate=gate, layers=layers, method=cfg.method,
+            mode=cfg.mode, targets=self.targets, prompt_tokens=int(self.tokens.size),
+            generation_tps=generation_tps, seconds=seconds, expected=self.expected)
 
 
 @dataclass
@@ -111,16 +118,7 @@ class SteeringSession:
                 raise ConvaError("the prompt is empty")
         elif not messages or not str(messages[-1].get("content", "")).strip():
             raise ConvaError("the prompt is empty")
-        if self.pack is None and cfg.method in PACK_METHODS:
-            raise ConvaError(f"method {cfg.method} needs a pack (only none and ica run without)")
-        targets = resolve_targets(self.pack, cfg.targets, cfg.method)
-        if cfg.method != "none" and not targets:
-            raise ConvaError("choose at least one value to steer (or method none)")
-        if self.pack is not None and cfg.method == "conva":
-            check_probes(self.pack, targets)
-        if (self.pack is not None and cfg.method in GATED_METHODS and cfg.gate
-                and self.pack.gate is None):
-                raise ConvaError("this pack has no gate (imported vector?); use --no-gate")
+        targets = check_request(self.pack, cfg)
         if isinstance(messages, str):  # raw text
             prompt = " ".join([*self._prefixes(cfg, targets), messages])
         else:
@@ -200,14 +198,12 @@ class SteeringSession:
                 stopped = should_stop is not None and should_stop()
                 result = None
                 if finish is not None or stopped:
-                    reports = (pre.token_stats.reports() if pre.token_stats is not None
-                               else pre.reports[0])
+                    reports = pre.row_reports(0)
                     seconds = time.perf_counter() - decode_start
-                    result = GenerationResult(
-                        "".join(pieces), tokens, gate, reports, cfg.method, cfg.mode,
-                        prepared.targets, int(prepared.tokens.size),
-                        len(tokens) / seconds if seconds > 0 else 0.0,
-                        time.perf_counter() - start, prepared.expected)
+                    result = prepared.result(
+                        "".join(pieces), tokens, gate, reports, cfg,
+                        generation_tps=len(tokens) / seconds if seconds > 0 else 0.0,
+                        seconds=time.perf_counter() - start)
                 yield StreamPiece(text, None if finish == "stop" else t, finish, gate, result)
                 if result is not None:
                     return
@@ -228,9 +224,7 @@ class SteeringSession:
         batch, pre = self.prefill(prepared, cfg)
         out = decode_batch(self.lm.model, self.lm.tokenizer, batch, pre.cache, pre.hooks, opts)
         seconds = (time.perf_counter() - start) / batch.size
-        return [GenerationResult(self.lm.tokenizer.decode(toks), toks, g, rep, cfg.method,
-                                 cfg.mode, p.targets, int(p.tokens.size), 0.0, seconds,
-                                 p.expected)
+        return [p.result(self.lm.tokenizer.decode(toks), toks, g, rep, cfg, seconds=seconds)
                 for toks, g, rep, p in zip(out, pre.gates, pre.reports, prepared)]
 
     # ----- scoring ----------------------------------------------------------------
@@ -287,5 +281,4 @@ class SteeringSession:
             for c in conts:
                 batch, pre = self.prefill([prepared], cfg)
                 lls += continuation_logprobs(self.lm.model, batch, pre, [[c]])[0]
-        reports = pre.token_stats.reports() if pre.token_stats is not None else pre.reports[0]
-        return ScoredPrompt(lls, pre.gates[0], reports)
+        return ScoredPrompt(lls, pre.gates[0], pre.row_reports(0))
