@@ -50,7 +50,7 @@ _EXPORTS: dict[str, str] = {
     "LoadedModel": "conva_mlx.models.loading",
     "load_model": "conva_mlx.models.loading",
     "Pack": "conva_mlx.packs.pack",
-    "save_pack": "conva_mlx.packs.pack",
+    "save_pack": "conva_mlx.packs.save",
     "load_pack": "conva_mlx.packs.pack",
     "open_pack": "conva_mlx.sharing.pack_source",
     "extract": "conva_mlx.extraction",
@@ -108,7 +108,8 @@ if TYPE_CHECKING:
     from conva_mlx.errors import ConvaError
     from conva_mlx.extraction import ExtractOptions, extract
     from conva_mlx.models.loading import LoadedModel, load_model
-    from conva_mlx.packs.pack import Pack, load_pack, save_pack
+    from conva_mlx.packs.pack import Pack, load_pack
+    from conva_mlx.packs.save import save_pack
     from conva_mlx.sharing.pack_source import open_pack, resolve_pack_path
     from conva_mlx.steering import (
         CHAT_SAMPLING,

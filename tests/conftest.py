@@ -9,7 +9,8 @@ import pytest
 from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.models.default_model import ensure_default_model, find_default_gguf
 from conva_mlx.models.loading import LoadedModel, load_model
-from conva_mlx.packs.pack import Pack, save_pack
+from conva_mlx.packs.pack import Pack
+from conva_mlx.packs.save import save_pack
 from tests.tiny_models import ARCHS, make_tiny_model
 
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
 from conva_mlx.packs.analysis import value_structure
-from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
+from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.probes.linear import ProbeSet
 from conva_mlx.values import VALUE_NAMES
 

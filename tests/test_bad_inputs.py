@@ -101,7 +101,7 @@ def _pack_json(path: list[str], value: object, command: str) -> Setup:
 def _swap_vectors(env: Env) -> list[str]:
     """Another pack's tensors (same model and values, another gate), with pack.json's
     checksum updated to match them."""
-    from conva_mlx.packs.pack import save_pack
+    from conva_mlx.packs.save import save_pack
 
     a = env.pack("a")
     other = load_pack(env.pack_src)
@@ -430,7 +430,7 @@ def test_data_validate_reports_non_utf8_bytes_with_file_and_line(
 
 def test_force_replaces_a_pack_and_keeps_files_that_are_not_part_of_it(
         tmp_path: Path, env_sources: tuple[Path, Path]) -> None:
-    from conva_mlx.packs.pack import save_pack
+    from conva_mlx.packs.save import save_pack
 
     env = Env(tmp_path, *env_sources)
     d = env.pack()
@@ -566,7 +566,7 @@ def test_a_read_only_pack_names_its_folder_and_what_to_do(
 
 def test_analyze_out_a_folder_writes_similarity_png_there_and_force_replaces(
         tmp_path: Path) -> None:
-    from conva_mlx.packs.pack import save_pack
+    from conva_mlx.packs.save import save_pack
     from tests.test_analysis import circumplex_pack
 
     d = save_pack(circumplex_pack(), tmp_path / "p")

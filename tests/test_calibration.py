@@ -22,7 +22,8 @@ from conva_mlx.packs.calibration import (
     read_calibration,
     write_calibration,
 )
-from conva_mlx.packs.pack import Pack, load_pack, save_pack
+from conva_mlx.packs.pack import Pack, load_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.steering import SteerConfig, Target
 from conva_mlx.steering.effects import expected_effects
 from conva_mlx.steering.hooks import caa_deltas, calibrated_deltas

@@ -520,7 +520,7 @@ def test_cli_generate_choices_writes_rows_and_reports_counts(
     out = tmp_path / "choices" / "mine.jsonl"
     result = CliRunner().invoke(cli, ["data", "generate", "--choices", "--dilemmas",
                                       str(dilemmas), "--out", str(out), "--base-url", url,
-                                      "--model", "m", "--temperature", "0.2"])
+                                      "--model", "m", "--temp", "0.2"])
     assert result.exit_code == 0, result.output
     assert "2/2 dilemmas" in result.output and "0 rejected" in result.output
     assert [r["id"] for r in lines(out)] == ["my-d-001", "my-d-002"]

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.gguf_reader import read_gguf_header
-from conva_mlx.packs.pack import load_pack, save_pack
+from conva_mlx.packs.pack import load_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.sharing.import_vector import read_control_vector
 from tests.test_pack import make_pack
 

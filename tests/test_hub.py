@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
-from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
+from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.probes.gate import Gate, GateMetrics
 from conva_mlx.probes.linear import ProbeSet
 from conva_mlx.sharing.hub import plan_push, pull_pack, staged_pack

@@ -10,7 +10,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conva_mlx.errors import ConvaError
-from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack, save_pack
+from conva_mlx.packs.pack import ModelInfo, Pack, ValueEntry, load_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.probes.gate import Gate, GateMetrics
 from conva_mlx.probes.linear import ProbeSet
 

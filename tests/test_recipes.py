@@ -16,7 +16,8 @@ from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
 from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.models.loading import LoadedModel
-from conva_mlx.packs.pack import PACK_JSON, Pack, load_pack, save_pack
+from conva_mlx.packs.pack import PACK_JSON, Pack, load_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.probes.linear import C_GRID, choose_c, fit_probe
 from conva_mlx.probes.perturbation import HalfSpaces, logit, minimal_delta
 from conva_mlx.probes.recipe import ACCURACY, PAPER, PAPER_P0, TEMPLATED, Recipe, get_recipe

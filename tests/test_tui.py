@@ -15,7 +15,8 @@ from textual.widgets import Input, Label
 from conva_mlx import CHAT_SAMPLING
 from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.models.loading import LoadedModel
-from conva_mlx.packs.pack import Pack, save_pack
+from conva_mlx.packs.pack import Pack
+from conva_mlx.packs.save import save_pack
 from tui.app import ChatApp
 from tui.presets import list_presets, load_preset, save_preset
 from tui.screens import HelpScreen

@@ -132,7 +132,9 @@ def data_validate(path: Path, as_json: bool, limit: int) -> None:
               help="Environment variable holding the API key; 'none' for a keyless local server.")
 @click.option("--max-retries", default=5, show_default=True, type=click.IntRange(min=0),
               help="Retries per request on rate limits, timeouts and server errors.")
-@click.option("--temperature", default=0.9, show_default=True, type=float)
+@click.option("--temp", "--temperature", "temperature", default=0.9, show_default=True,
+              type=float, help="Sampling temperature of the API model (--temperature: the "
+                               "same, its older name).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Positives asked for per request (pairs; default 5).")
 def data_generate(value: str | None, n: int | None, choices: bool, dilemmas: Path | None,

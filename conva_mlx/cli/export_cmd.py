@@ -12,7 +12,7 @@ from conva_mlx.cli.options import log, model_option
 from conva_mlx.cli.packs import load_model_for_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.fsutil import check_output_file
-from conva_mlx.packs.pack import save_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.probes.recipe import check_p0
 from conva_mlx.sharing.pack_source import open_pack
 from conva_mlx.values import check_value
@@ -114,7 +114,7 @@ def import_vector_cmd(file: str, model_spec: str, dtype: str, out: str,
     """
     from conva_mlx.fsutil import check_output_dir
     from conva_mlx.models.loading import load_model
-    from conva_mlx.packs.pack import PACK_OUTPUT
+    from conva_mlx.packs.save import PACK_OUTPUT
     from conva_mlx.sharing.import_vector import IMPORTED_NOTE, import_vector
 
     check_output_dir(out, PACK_OUTPUT, force)

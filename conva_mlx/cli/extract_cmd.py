@@ -16,7 +16,8 @@ from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.fsutil import check_output_dir
 from conva_mlx.models.layers import parse_layers
 from conva_mlx.models.loading import load_model
-from conva_mlx.packs.pack import PACK_OUTPUT, Pack, save_pack
+from conva_mlx.packs.pack import Pack
+from conva_mlx.packs.save import PACK_OUTPUT, save_pack
 from conva_mlx.plots import plot_accuracy_by_layer
 from conva_mlx.probes.recipe import (
     DEFAULT_RECIPE,

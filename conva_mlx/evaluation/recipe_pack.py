@@ -8,7 +8,8 @@ from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError, warn
 from conva_mlx.extraction import ExtractOptions, extract_pack
 from conva_mlx.models.loading import LoadedModel
-from conva_mlx.packs.pack import PACK_JSON, Pack, load_pack, save_pack
+from conva_mlx.packs.pack import PACK_JSON, Pack, load_pack
+from conva_mlx.packs.save import save_pack
 from conva_mlx.probes.recipe import Recipe
 
 
