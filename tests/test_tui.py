@@ -82,7 +82,7 @@ def test_toggling_a_value_setting_strength_and_chatting_streams_a_steered_reply(
             await pilot.click("#value-benevolence Stepper .inc")  # mouse: -> 0.97
             await pilot.pause()
             setting = app.settings.values["benevolence"]
-            assert setting.direction == "toward"
+            assert setting.stance == "toward"
             assert setting.p0 == pytest.approx(0.97)
             assert str(row.query_one(Stepper).query_one(".num", Label).content) == "0.97"
             await pilot.press("ctrl+g")  # gate off: always steer, whatever the query
@@ -121,7 +121,7 @@ def test_compare_view_shows_the_unsteered_reply_beside_the_steered_one(
         default_lm: LoadedModel, pack: Pack, tmp_path: Path) -> None:
     async def scenario() -> None:
         app = make_app(default_lm, pack, tmp_path, max_tokens=12)
-        app.settings.values["power"].direction = "away"
+        app.settings.values["power"].stance = "away"
         app.settings.gate = False
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("ctrl+o")
@@ -233,9 +233,9 @@ def test_panel_shows_each_of_the_ten_values_once() -> None:
 
 def test_presets_round_trip(tmp_path: Path) -> None:
     s = ChatSettings()
-    s.values["benevolence"].direction = "toward"
+    s.values["benevolence"].stance = "toward"
     s.values["benevolence"].p0 = 0.97
-    s.values["power"].direction = "away"
+    s.values["power"].stance = "away"
     s.mode = "token"
     save_preset(tmp_path, "kind", s.to_json())
     assert list_presets(tmp_path) == ["kind"]
@@ -263,9 +263,9 @@ SnapCompare = Callable[..., bool]
 
 def _snapshot_app(lm: LoadedModel, pack: Pack, tmp_path: Path) -> ChatApp:
     app = make_app(lm, pack, tmp_path)
-    app.settings.values["benevolence"].direction = "toward"
+    app.settings.values["benevolence"].stance = "toward"
     app.settings.values["benevolence"].p0 = 0.97
-    app.settings.values["power"].direction = "away"
+    app.settings.values["power"].stance = "away"
     return app
 
 

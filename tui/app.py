@@ -194,7 +194,7 @@ class ChatApp(App[None]):
                                       for v, c in pack.calibration.values.items()})
         for name, setting in self.settings.values.items():
             if name not in pack.values:
-                setting.direction = "off"
+                setting.stance = "off"
         panel = self.query_one(ValuePanel)
         panel.set_available(set(pack.values))
         panel.sync()
@@ -420,7 +420,7 @@ class ChatApp(App[None]):
         available = set(self.session.pack.values) if self.session and self.session.pack else set()
         dropped = [v for v, s in self.settings.active() if v not in available]
         for v in dropped:
-            self.settings.values[v].direction = "off"
+            self.settings.values[v].stance = "off"
         if dropped:
             self.notify(f"not in this pack, left off: {', '.join(dropped)}", severity="warning")
         self.query_one(ValuePanel).sync()

@@ -1,4 +1,4 @@
-"""The chat's steering settings: per-value direction and strength, gate, mode, compare."""
+"""The chat's steering settings: per-value stance (off, toward, away) and strength, gate, mode, compare."""
 
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ def shared_groups(value: str) -> list[str]:
 
 @dataclass
 class ValueSetting:
-    direction: Stance = "off"
+    stance: Stance = "off"
     # The level the value should reach: for the calibrated method (the chat's) the share of
     # held-out dilemmas that should favour it; the pack's calibrated level by default.
     p0: float = DEFAULT_P0
 
     def cycle(self) -> None:
-        self.direction = STANCES[(STANCES.index(self.direction) + 1) % len(STANCES)]
+        self.stance = STANCES[(STANCES.index(self.stance) + 1) % len(STANCES)]
 
 
 @dataclass
@@ -56,10 +56,10 @@ class ChatSettings:
     compare: bool = False
 
     def active(self) -> list[tuple[str, ValueSetting]]:
-        return [(v, s) for v, s in self.values.items() if s.direction != "off"]
+        return [(v, s) for v, s in self.values.items() if s.stance != "off"]
 
     def targets(self) -> list[Target]:
-        return [Target(v, s.p0, s.direction == "away") for v, s in self.active()]
+        return [Target(v, s.p0, s.stance == "away") for v, s in self.active()]
 
     def steer_config(self) -> SteerConfig:
         """The session config; with no value chosen the reply is plain (method none)."""
@@ -75,14 +75,14 @@ class ChatSettings:
 
     def describe(self) -> str:
         """One line for the status bar and the transcript."""
-        parts = [f"{v} {'↑' if s.direction == 'toward' else '↓'} {s.p0:.2f}"
+        parts = [f"{v} {'↑' if s.stance == 'toward' else '↓'} {s.p0:.2f}"
                  for v, s in self.active()]
         steer = ", ".join(parts) if parts else "no steering"
         return f"{steer} · mode {self.mode} · gate {'on' if self.gate else 'off'}"
 
     # ----- presets -----------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"values": {v: {"direction": s.direction, "p0": s.p0}
+        return {"values": {v: {"stance": s.stance, "p0": s.p0}
                            for v, s in self.values.items()},
                 "gate": self.gate, "mode": self.mode}
 
@@ -93,8 +93,8 @@ class ChatSettings:
             raise ValueError("'values' must be an object")
         for name, setting in self.values.items():
             raw = values.get(name, {})
-            direction = raw.get("direction", "off")
-            setting.direction = direction if direction in STANCES else "off"
+            stance = raw.get("stance", raw.get("direction", "off"))  # "direction": older presets
+            setting.stance = stance if stance in STANCES else "off"
             setting.p0 = clamp_p0(float(raw.get("p0", DEFAULT_P0)))
         self.gate = bool(data.get("gate", self.gate))
         mode = data.get("mode", self.mode)

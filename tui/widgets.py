@@ -15,7 +15,7 @@ from textual.widgets import Button, Label, Static
 
 from .settings import P0_MAX, P0_MIN, P0_STEP, ChatSettings, ValueSetting, clamp_p0, panel_groups
 
-DIRECTION_LABEL = {"off": "off", "toward": "on ↑", "away": "away ↓"}
+STANCE_LABEL = {"off": "off", "toward": "on ↑", "away": "away ↓"}
 
 
 class Stepper(Horizontal):
@@ -69,7 +69,7 @@ class Stepper(Horizontal):
 
 
 class ValueRow(Horizontal):
-    """One value: direction (off / on toward / away) and strength P0."""
+    """One value: its stance (off / on toward / away) and strength P0."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space,enter", "cycle", "Off / on / away", show=False),
@@ -92,7 +92,7 @@ class ValueRow(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Label(self.value, classes="name")
-        button = Button(DIRECTION_LABEL[self.setting.direction], classes="direction",
+        button = Button(STANCE_LABEL[self.setting.stance], classes="stance",
                         compact=True)
         button.can_focus = False
         yield button
@@ -102,10 +102,10 @@ class ValueRow(Horizontal):
 
     def sync(self) -> None:
         """Show the setting (after a preset load)."""
-        button = self.query_one(".direction", Button)
-        button.label = DIRECTION_LABEL[self.setting.direction]
+        button = self.query_one(".stance", Button)
+        button.label = STANCE_LABEL[self.setting.stance]
         for d in ("off", "toward", "away"):
-            self.set_class(self.setting.direction == d, f"-{d}")
+            self.set_class(self.setting.stance == d, f"-{d}")
         stepper = self.query_one(Stepper)
         if stepper.value != self.setting.p0:
             stepper.value = self.setting.p0
@@ -121,7 +121,7 @@ class ValueRow(Horizontal):
     def action_step(self, direction: int) -> None:
         self.query_one(Stepper).action_step(direction)
 
-    @on(Button.Pressed, ".direction")
+    @on(Button.Pressed, ".stance")
     def _pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.focus()

@@ -15,7 +15,7 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.items import prompt_file_values
 from conva_mlx.evaluation.judge_registry import DEFAULT_JUDGE, JUDGE_NAMES, make_judge
 from conva_mlx.evaluation.judges import Judge, OpenAIJudge
-from conva_mlx.evaluation.methods import EVAL_METHODS, parse_methods
+from conva_mlx.evaluation.methods import EVAL_METHODS, GENERAL_METHODS, parse_methods
 from conva_mlx.evaluation.recipe_pack import ensure_recipe_pack
 from conva_mlx.evaluation.results import EvalResults, fmt, judge_card_text
 from conva_mlx.evaluation.runner import check_run_dir, run_eval
@@ -157,7 +157,7 @@ def print_table(results: EvalResults) -> None:
               help="Prompts decoded together (same method and value); 1 = one at a time.")
 @click.option("--seed", type=int, default=None)
 @click.option("--general/--no-general", default=True, show_default=True,
-              help="Multiple-choice general ability for none, conva-nogate, conva.")
+              help="Multiple-choice general ability for " + ", ".join(GENERAL_METHODS) + ".")
 @click.option("--mcq-n", type=int, default=None, help="At most N multiple-choice questions.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True)

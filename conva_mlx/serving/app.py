@@ -22,7 +22,7 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.serving import protocol
 from conva_mlx.serving.batcher import ContinuousBatcher, Event, Job
 from conva_mlx.steering.config import SteerConfig
-from conva_mlx.steering.session import Prepared, SteeringSession
+from conva_mlx.steering.session import Messages, Prepared, SteeringSession
 
 
 @dataclass
@@ -182,30 +182,31 @@ async def steering_info(request: Request) -> Response:
     return JSONResponse(protocol.steering_info(server.session.pack, server.config.defaults))
 
 
-async def chat_completions(request: Request) -> Response:
+async def _complete(request: Request, kind: protocol.Kind) -> Response:
+    """Both completion endpoints: the chat's messages or the raw prompt, then the same path."""
     server = _server(request)
     try:
         body = await _read_body(request)
-        msgs = protocol.messages(body)
+        text: Messages
+        if kind == "chat":
+            text, param = protocol.messages(body), "messages"
+        else:
+            text, param = protocol.prompt_text(body), "prompt"
         samp = protocol.sampling(body, server.config.limits)
         cfg = protocol.steering(body, server.config.defaults)
-        prepared = _prepare(lambda: server.session.prepare(msgs, cfg), "messages")
+        prepared = _prepare(
+            lambda: server.session.prepare(text, cfg, raw=kind == "completion"), param)
     except protocol.RequestError as exc:
         return _error(exc)
-    return await _run(request, prepared, cfg, samp, "chat")
+    return await _run(request, prepared, cfg, samp, kind)
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, "chat")
 
 
 async def completions(request: Request) -> Response:
-    server = _server(request)
-    try:
-        body = await _read_body(request)
-        prompt = protocol.prompt_text(body)
-        samp = protocol.sampling(body, server.config.limits)
-        cfg = protocol.steering(body, server.config.defaults)
-        prepared = _prepare(lambda: server.session.prepare(prompt, cfg, raw=True), "prompt")
-    except protocol.RequestError as exc:
-        return _error(exc)
-    return await _run(request, prepared, cfg, samp, "completion")
+    return await _complete(request, "completion")
 
 
 ROUTES = [
