@@ -160,18 +160,18 @@ def test_sixteen_concurrent_mixed_clients_each_get_their_own_reply(
         assert reply.choices[0].message.content == want.text, (prompt, steering)
 
 
-def _connect(server: str) -> tuple[http.client.HTTPConnection, str]:
+def _connect(server: str, timeout: float = 120) -> tuple[http.client.HTTPConnection, str]:
     url = urllib.parse.urlsplit(server)
-    return http.client.HTTPConnection(url.hostname or "", url.port, timeout=120), url.path
+    return http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout), url.path
 
 
 def _send(server: str, body: Any, key: str | None = KEY, raw: bytes | None = None,
-          endpoint: str = "chat/completions") -> tuple[int, bytes]:
+          endpoint: str = "chat/completions", timeout: float = 120) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     data = raw if raw is not None else json.dumps(body).encode()
-    conn, path = _connect(server)
+    conn, path = _connect(server, timeout)
     conn.request("POST", f"{path}/{endpoint}", body=data, headers=headers)
     resp = conn.getresponse()
     out = resp.status, resp.read()
@@ -350,7 +350,8 @@ def test_a_non_streaming_client_that_gives_up_frees_its_row(server: str) -> None
     body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 500, "temperature": 0,
             "repetition_penalty": 1}  # counting on: no penalty for repeating commas
     start = time.time()
-    status, data = _send(server, body, endpoint="completions")
+    # 500 tokens: minutes on a machine that other jobs keep busy, hence the long time-out
+    status, data = _send(server, body, endpoint="completions", timeout=900)
     kept = time.time() - start
     assert status == 200 and json.loads(data)["choices"][0]["finish_reason"] == "length"
     assert kept > 4, f"the control request took only {kept:.1f} s"
