@@ -57,9 +57,12 @@ def main() -> None:
     session = SteeringSession(lm, pack)
     settings, base = collect(args.dirs)
     ids = {r["id"] for rows in settings.values() for r in rows}
-    items = [it for it in load_choice_items(list(VALUE_NAMES), "calibration", None, ValueData())
-             + load_choice_items(list(VALUE_NAMES), "test", None, ValueData())
-             if it.id in ids]
+    halves = {split: {it.id: it for it in load_choice_items(list(VALUE_NAMES), split, None,
+                                                            ValueData())}
+              for split in ("calibration", "test")}
+    items = [it for half in halves.values() for i, it in half.items() if i in ids]
+    used = [split for split, half in halves.items() if ids & set(half)]
+    split_name = " and ".join(f"{s} half" for s in used)
     norms = hidden_norms(session, [it.prompt for it in items])
     table = []
     for (method, strength), rows in sorted(settings.items(),
@@ -81,7 +84,7 @@ def main() -> None:
                      f"{t['fluency']:+.2f} | {t['delta_over_h']:.3f} |")
     (args.out / "dose.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(table, args.out / "dose.png", lm.model_id)
+    plot(table, args.out / "dose.png", f"{lm.model_id} ({split_name})")
 
 
 def plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -105,7 +108,7 @@ def plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_xscale("symlog", linthresh=0.01)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"Dose-response (calibration half): {title}")
+    fig.suptitle(f"Dose-response: {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -1,4 +1,5 @@
-"""The chat's steering settings: per-value stance (off, toward, away) and strength, gate, mode, compare."""
+"""The chat's steering settings: per-value stance (off, toward, away) and strength, gate,
+mode, compare."""
 
 from __future__ import annotations
 
