@@ -98,6 +98,11 @@ def test_replies_equal_the_session_token_for_token(client: Any, session: Steerin
     assert reply.usage.completion_tokens == len(want.tokens)
     conva = reply.model_extra["conva"]
     assert conva["method"] == want.method and bool(conva["layers"]) == want.steered
+    # per block the same push as the session's (token mode: averaged over the same positions,
+    # the prompt's and every generated one, by the engine's own token-mode hook)
+    assert [layer["index"] for layer in conva["layers"]] == [x.index for x in want.layers]
+    assert [layer["delta_norm"] for layer in conva["layers"]] == pytest.approx(
+        [x.delta_norm for x in want.layers], rel=1e-3, abs=1e-5)
     if want.gate.used:
         assert conva["gate"]["score"] == pytest.approx(want.gate.score, abs=1e-5)
 
