@@ -360,15 +360,24 @@ def test_a_non_streaming_client_that_gives_up_frees_its_row(server: str) -> None
     kept = time.time() - start
     assert status == 200 and json.loads(data)["choices"][0]["finish_reason"] == "length"
     assert kept > 4, f"the control request took only {kept:.1f} s"
+    settle = time.time() + 10  # the finished row leaves the batch at the end of its step
+    while _get(server, "/health")["active_requests"] and time.time() < settle:
+        time.sleep(0.05)
+    assert _get(server, "/health")["active_requests"] == 0, "a row was left from earlier"
     conn, path = _connect(server)
+    sent = time.time()
     conn.request("POST", f"{path}/completions", body=json.dumps(body).encode(),
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    deadline = time.time() + max(120.0, kept)  # a busy machine may be slow to admit it
-    while not _get(server, "/health")["active_requests"] and time.time() < deadline:
+    readings: list[tuple[float, int]] = []  # (seconds since sending, active rows)
+    deadline = sent + max(120.0, kept)  # a busy machine may be slow to admit it
+    while time.time() < deadline:
+        readings.append((round(time.time() - sent, 2), _get(server, "/health")["active_requests"]))
+        if readings[-1][1]:
+            break
         time.sleep(0.05)
-    if _get(server, "/health")["active_requests"] != 1:
-        resp = conn.getresponse()
-        pytest.fail(f"the request never started: {resp.status} {resp.read()[:300]!r}")
+    started = readings[-1]
+    assert started[1] == 1 and started[0] < kept / 3, \
+        f"the request was not seen running early (control {kept:.1f} s): {readings[-5:]}"
     left = time.time()
     conn.close()  # give up without reading the reply
     while _get(server, "/health")["active_requests"] and time.time() - left < kept:
