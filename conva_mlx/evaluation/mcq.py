@@ -13,6 +13,7 @@ import numpy as np
 
 from conva_mlx.data.dataset import MCQ
 from conva_mlx.errors import ConvaError
+from conva_mlx.evaluation.batching import batches_by_key
 from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import SteerConfig, SteeringSession
@@ -67,25 +68,19 @@ def score_mcqs(session: SteeringSession, mcqs: list[MCQ],
         raise ConvaError("general ability needs at least one value to steer")
     letters = mcq_letter_ids(session.lm.tokenizer)
     value_of = {q.id: values[i % len(values)] for i, q in enumerate(mcqs)}
-    groups: dict[tuple[str, str], list[MCQ]] = {}
-    for name in settings:
-        for q in mcqs:
-            if mcq_key(name, q.id, value_of[q.id]) not in store:
-                groups.setdefault((name, value_of[q.id]), []).append(q)
-    total = sum(len(qs) for qs in groups.values())
-    with progress_bar(total, "general ability", show_progress) as advance:
-        for (name, value), qs in groups.items():
-            for start in range(0, len(qs), batch_size):
-                chunk = qs[start:start + batch_size]
-                scored = session.next_token_logits_batch(
-                    [q.as_prompt() for q in chunk], settings[name](value), ANSWER_CUE)
-                for q, (logits, gate) in zip(chunk, scored):
-                    pred = mcq_answer(logits, letters)
-                    store.append({"key": mcq_key(name, q.id, value), "method": name,
-                                  "mcq": q.id, "value": value, "pred": pred,
-                                  "answer": q.answer, "correct": pred == q.answer,
-                                  "gate_open": gate.open if gate.used else None})
-                advance(len(chunk))
+    todo = [((name, value_of[q.id]), q) for name in settings for q in mcqs
+            if mcq_key(name, q.id, value_of[q.id]) not in store]
+    with progress_bar(len(todo), "general ability", show_progress) as advance:
+        for (name, value), chunk in batches_by_key(todo, batch_size):
+            scored = session.next_token_logits_batch(
+                [q.as_prompt() for q in chunk], settings[name](value), ANSWER_CUE)
+            for q, (logits, gate) in zip(chunk, scored):
+                pred = mcq_answer(logits, letters)
+                store.append({"key": mcq_key(name, q.id, value), "method": name,
+                              "mcq": q.id, "value": value, "pred": pred,
+                              "answer": q.answer, "correct": pred == q.answer,
+                              "gate_open": gate.open if gate.used else None})
+            advance(len(chunk))
     out: dict[str, McqScore] = {}
     for name in settings:
         recs = [store.records[mcq_key(name, q.id, value_of[q.id])] for q in mcqs]

@@ -4,10 +4,10 @@ judge them, answer the general-ability questions."""
 from __future__ import annotations
 
 from functools import partial
-from typing import TypeVar
 
 import numpy as np
 
+from conva_mlx.evaluation.batching import batches_by_key
 from conva_mlx.evaluation.items import EvalItem
 from conva_mlx.evaluation.judges import Judge
 from conva_mlx.evaluation.mcq import McqScore, score_mcqs
@@ -17,25 +17,13 @@ from conva_mlx.evaluation.settings import EvalContext, EvalOptions
 from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.progress import progress_bar
 
-T = TypeVar("T")
-
-
-def _batches(keyed: list[tuple[tuple[str, str], T]], size: int
-             ) -> list[tuple[tuple[str, str], list[T]]]:
-    """Group items by (method, value), keeping order, and cut each group into batches."""
-    groups: dict[tuple[str, str], list[T]] = {}
-    for key, item in keyed:
-        groups.setdefault(key, []).append(item)
-    return [(key, items[i:i + size]) for key, items in groups.items()
-            for i in range(0, len(items), size)]
-
 
 def generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) -> JsonlStore:
     """Generate what is missing, a batch of prompts (same method and value) at a time."""
     store = JsonlStore(ctx.out / "generations.jsonl")
     todo = [(m, it) for m in opts.methods for it in items
             if gen_key(m, it.value, it.prompt_id, opts.negative_prompt) not in store]
-    batches = _batches([((m, it.value), it) for m, it in todo], opts.batch_size)
+    batches = batches_by_key([((m, it.value), it) for m, it in todo], opts.batch_size)
     gen = opts.generation()
     done = 0
     with progress_bar(len(todo), "generate", opts.show_progress) as advance:

@@ -26,7 +26,7 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import BlockHook, hooked_blocks
 from conva_mlx.steering.config import GenOptions, SteerConfig
 from conva_mlx.steering.engine import decode_step, supports_batching
-from conva_mlx.steering.hooks import TokenStats
+from conva_mlx.steering.hooks import TokenStats, reports_so_far
 from conva_mlx.steering.reports import GateReport, GenerationResult, LayerReport
 from conva_mlx.steering.sampling import RowSampler
 from conva_mlx.steering.session import Prepared, SteeringSession
@@ -219,9 +219,9 @@ class ContinuousBatcher:
                 row.sent = safe
             return True
         seconds = time.perf_counter() - row.start
-        reports = row.token_stats.reports() if row.token_stats is not None else row.reports
         result = job.prepared.result(
-            row.text, row.tokens, row.gate, reports, job.cfg, seconds=seconds,
+            row.text, row.tokens, row.gate, reports_so_far(row.token_stats, row.reports),
+            job.cfg, seconds=seconds,
             generation_tps=len(row.tokens) / seconds if seconds > 0 else 0.0)
         job.emit(Event(row.text[row.sent:], finish, result))
         return False

@@ -30,7 +30,7 @@ from conva_mlx.steering.engine import (
     check_request,
     plan_push,
 )
-from conva_mlx.steering.hooks import TokenStats
+from conva_mlx.steering.hooks import TokenStats, reports_so_far
 from conva_mlx.steering.reports import GateReport, LayerReport
 
 
@@ -45,8 +45,7 @@ class SteeringHandle:
     @property
     def layers(self) -> list[LayerReport]:
         """Per steered block (token mode: averaged over every position run so far)."""
-        return self.token_stats.reports() if self.token_stats is not None \
-            else self.prompt_reports
+        return reports_so_far(self.token_stats, self.prompt_reports)
 
 
 def _prompt_tokens(lm: LoadedModel, prompt: str | Sequence[int]) -> mx.array:

@@ -42,6 +42,7 @@ from conva_mlx.steering.hooks import (
     calibrated_deltas,
     check_probes,
     layer_plans,
+    reports_so_far,
     resolve_targets,
     token_mode_hooks,
 )
@@ -129,7 +130,7 @@ class Prefilled:
 
     def row_reports(self, i: int = 0) -> list[LayerReport]:
         """Row i's per-block reports so far (token mode: from its running statistics)."""
-        return self.token_stats.reports() if self.token_stats is not None else self.reports[i]
+        return reports_so_far(self.token_stats, self.reports[i])
 
 
 def check_request(pack: Pack | None, cfg: SteerConfig) -> list[Target]:
@@ -181,17 +182,17 @@ def plan_push(pack: Pack | None, cfg: SteerConfig, targets: list[Target],
     on = [g.open for g in gates]
     if pack is None or not any(on):
         return Push([[] for _ in gates])
+    # closed rows get delta 0, so they stay exactly unsteered (None: every row is open)
+    rows_on = None if all(on) else mx.array([1.0 if o else 0.0 for o in on])
     if cfg.method in FIXED_METHODS:
         fixed = (caa_deltas(pack, cfg, targets) if cfg.method == "caa"
                  else calibrated_deltas(pack, cfg, targets))
         reports = [caa_reports(fixed) if o else [] for o in on]
-        if all(on):
+        if rows_on is None:
             return Push(reports, {k: add_fixed(d) for k, d in fixed.items()},
                         {k: mx.broadcast_to(d, (len(on), d.shape[-1]))
                          for k, d in fixed.items()})
-        # closed rows get delta 0, so they stay exactly unsteered
-        open_rows = mx.array([1.0 if o else 0.0 for o in on])[:, None]
-        deltas = {k: open_rows * d[None, :] for k, d in fixed.items()}
+        deltas = {k: rows_on[:, None] * d[None, :] for k, d in fixed.items()}
         return Push(reports, {k: add_rows(d) for k, d in deltas.items()}, deltas)
     if cfg.method == "conva":
         plans = layer_plans(pack, cfg, targets)
@@ -200,7 +201,6 @@ def plan_push(pack: Pack | None, cfg: SteerConfig, targets: list[Target],
                 raise ValueError("token mode keeps one sequence's statistics: one row only")
             hooks, stats = token_mode_hooks(plans)
             return Push([[]], hooks, stats=stats)
-        rows_on = None if all(on) else mx.array([1.0 if o else 0.0 for o in on])
         return Push([[] for _ in on], measure=PromptModeMeasure(
             plans, rows_on, cfg.positions == "generated"))
     return Push([[] for _ in on])  # none and ICA add nothing

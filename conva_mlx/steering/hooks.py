@@ -272,6 +272,12 @@ class TokenStats:
         return out
 
 
+def reports_so_far(stats: TokenStats | None, fixed: list[LayerReport]) -> list[LayerReport]:
+    """Per steered block: token mode's running statistics when it runs, else the reports of
+    the fixed deltas (prompt mode, CAA, calibrated)."""
+    return stats.reports() if stats is not None else fixed
+
+
 def token_mode_hooks(plans: list[LayerPlan]) -> tuple[dict[int, BlockHook], TokenStats]:
     """Hooks that recompute the minimal delta at every position's own state."""
     stats = TokenStats(plans)
