@@ -10,16 +10,19 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.calibrate import DosePoint, choose_coef
 from conva_mlx.extraction import contrast_vectors
 from conva_mlx.packs.calibration import (
     CALIBRATION_JSON,
+    SHIPPED_DIR,
     Calibration,
     CurvePoint,
     ValueCalibration,
     find_calibration,
     read_calibration,
+    shipped_name,
     write_calibration,
 )
 from conva_mlx.packs.pack import Pack, load_pack
@@ -27,6 +30,7 @@ from conva_mlx.packs.save import save_pack
 from conva_mlx.steering import SteerConfig, Target
 from conva_mlx.steering.effects import expected_effects
 from conva_mlx.steering.hooks import caa_deltas, calibrated_deltas
+from conva_mlx.values import VALUE_NAMES
 
 
 def test_the_size_is_the_smallest_fluent_coefficient_reaching_the_target() -> None:
@@ -243,3 +247,21 @@ def test_overwriting_a_pack_drops_its_old_calibration_and_a_resave_keeps_it(
     save_pack(small_pack, out, overwrite=True)  # new vectors (say): the old one is stale
     assert not (out / CALIBRATION_JSON).exists()
     assert load_pack(out).calibration is None
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_calibration_reads_is_named_after_its_model_and_covers_ten_values(
+        path: Path) -> None:
+    # A shipped file is found by its name alone, so a misnamed or stale one would be used
+    # silently for the wrong model or never at all.
+    cal = read_calibration(path)
+    assert path.name == shipped_name(cal.model_fingerprint, cal.recipe)
+    assert cal.dataset_hash == ValueData().digest()
+    assert set(cal.values) == set(VALUE_NAMES)
+    for value, vc in cal.values.items():
+        assert vc.curve and vc.mix.get(value, 0.0) > 0, value
+        assert 0.0 < vc.effect_at(1.0) <= 1.0
+
+
+def test_the_three_offline_models_ship_a_calibration() -> None:
+    assert len(list(SHIPPED_DIR.glob("*-accuracy.json"))) >= 3
