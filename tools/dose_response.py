@@ -93,7 +93,8 @@ def plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, grid = plt.subplots(2, 2, figsize=(12, 8))
+    axes = grid.ravel()
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for t in table:
         by_method[t["method"]].append(t)
@@ -101,12 +102,23 @@ def plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
         xs = [r["delta_over_h"] for r in rows]
         for ax, key in zip(axes, ("shift", "favoured", "fluency")):
             ax.plot(xs, [r[key] for r in rows], "o-", label=method)
+        # the trade-off a default is chosen on: effect bought per unit of fluency lost
+        axes[3].plot([r["fluency"] for r in rows], [r["shift"] for r in rows], "o-",
+                     label=method)
+        for r in rows:
+            if r["strength"] is not None:
+                axes[3].annotate(f"{r['strength']:g}", (r["fluency"], r["shift"]),
+                                 fontsize=7, xytext=(3, 3), textcoords="offset points")
     for ax, name in zip(axes, ("own-dilemma shift (nats)", "share favouring the value",
                                "fluency: Δ log p(actions) (nats)")):
         ax.set_xlabel("|δ| / |h| per steered block")
         ax.set_ylabel(name)
         ax.set_xscale("symlog", linthresh=0.01)
         ax.grid(alpha=0.3)
+    axes[3].set_xlabel("fluency: Δ log p(actions) (nats; right is better)")
+    axes[3].set_ylabel("own-dilemma shift (nats; up is better)")
+    axes[3].set_title("effect against fluency cost (labels: strength)", fontsize=9)
+    axes[3].grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"Dose-response: {title}")
     fig.tight_layout()
