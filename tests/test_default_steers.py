@@ -89,7 +89,10 @@ def test_the_server_default_changes_the_reply_and_says_what_to_expect(
     plain, _ = ask({"method": "none"})
     steered, conva = ask({"values": {"benevolence": None}})
     assert conva["method"] == "calibrated" and steered != plain
-    assert conva["expected"][0]["value"] == "benevolence"
+    assert conva["expected"][0]["value"] == "benevolence" and conva["instruction"] is None
+    instructed, conva = ask({"values": {"benevolence": None}, "instruct": True})
+    assert conva["instruction"].startswith("You have high level of benevolence.")
+    assert instructed not in (plain, steered) and conva["expected"] == []
     import urllib.request
     req = urllib.request.Request(full_server + "/steering",
                                  headers={"Authorization": "Bearer k"})

@@ -286,7 +286,7 @@ TOP_FIELDS = ["model", "max_tokens", "max_completion_tokens", "temperature", "to
               "tools", "steering"]
 CHAT_FIELDS = [*TOP_FIELDS, "messages", "messages.0.role", "messages.0.content",
                "steering.values", "steering.away", "steering.method", "steering.mode",
-               "steering.gate", "stream_options.include_usage"]
+               "steering.gate", "steering.instruct", "stream_options.include_usage"]
 
 
 def _with(base: dict[str, Any], field: str, value: Any) -> dict[str, Any]:

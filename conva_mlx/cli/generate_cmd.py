@@ -41,6 +41,9 @@ from conva_mlx.steering.engine import PACK_METHODS
               default="controlled", show_default=True,
               help="uncontrolled: probes from the uncontrolled pairs (the ablation).")
 @click.option("--caa-coef", type=float, default=1.0, show_default=True)
+@click.option("--instruct", is_flag=True,
+              help="calibrated/conva: also put ICA's instruction ('You have high level of "
+                   "{value}...') before the question, only where the gate opens.")
 @click.option("--negative-prompt", is_flag=True,
               help="Prepend 'You have low level of {value}...' to the message.")
 @click.option("--max-tokens", type=int, default=200, show_default=True)
@@ -54,7 +57,8 @@ from conva_mlx.steering.engine import PACK_METHODS
 def generate(pack_spec: str | None, model_spec: str, dtype: str, values: tuple[str, ...],
              aways: tuple[str, ...], mode: str, no_gate: bool, method: str, strength: float,
              effect: float | None, probes: str,
-             caa_coef: float, negative_prompt: bool, max_tokens: int, temp: float,
+             caa_coef: float, instruct: bool, negative_prompt: bool, max_tokens: int,
+             temp: float,
              seed: int | None, repetition_penalty: float, as_json: bool, prompt: str
              ) -> None:
     """Generate a reply to PROMPT, steered toward (or away from) values."""
@@ -68,7 +72,7 @@ def generate(pack_spec: str | None, model_spec: str, dtype: str, values: tuple[s
         targets = [Target(t.value, effect if t.p0 is None else t.p0, t.away) for t in targets]
     cfg = SteerConfig(targets=targets, method=method, mode=mode,  # type: ignore[arg-type]
                       gate=not no_gate, probes=probes, caa_coef=caa_coef,  # type: ignore[arg-type]
-                      negative_prompt=negative_prompt, strength=strength)
+                      negative_prompt=negative_prompt, strength=strength, instruct=instruct)
     opts = GenOptions(max_tokens=max_tokens, temp=temp, seed=seed,
                       repetition_penalty=repetition_penalty)
     lm, pack, _ = model_and_pack(pack_spec, model_spec, dtype, method in PACK_METHODS)

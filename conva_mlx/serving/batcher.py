@@ -134,7 +134,7 @@ class ContinuousBatcher:
 
     def _join(self, job: Job) -> None:
         session, cfg = self.session, job.cfg
-        _, pre = session.prefill([job.prepared], cfg)
+        batch, pre = session.prefill([job.prepared], cfg)
         # Token mode: the prefill's hooks keep steering this row's new positions.
         token_mode = pre.token_stats is not None
         row = _Row(job, session.lm.tokenizer.detokenizer, pre.gates[0], pre.reports[0],
@@ -143,7 +143,7 @@ class ContinuousBatcher:
                    RowSampler(job.opts), time.perf_counter())
         row.detok.reset()
         joined = [BatchKVCache.merge([c]) for c in pre.cache]
-        last = job.prepared.tokens[-1:]
+        last = batch.tokens[0, -1:]
         if self._cache is None:
             self._cache, self._y = joined, last
         else:

@@ -248,7 +248,8 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
         return defaults.config()
     if not isinstance(spec, dict):
         raise RequestError("'steering' must be an object", param="steering")
-    unknown = sorted(set(spec) - {"values", "away", "method", "mode", "gate", "strength"})
+    unknown = sorted(set(spec) - {"values", "away", "method", "mode", "gate", "strength",
+                                  "instruct"})
     if unknown:
         raise RequestError(f"unknown steering field(s): {', '.join(unknown)}", param="steering")
     for key in ("method", "mode"):
@@ -266,9 +267,11 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise RequestError("'steering.strength' must be a number (1 = the calibrated push)",
                            param="steering.strength")
-    gate = spec.get("gate", True)
-    if not isinstance(gate, bool):
-        raise RequestError("'steering.gate' must be true or false", param="steering.gate")
+    gate, instruct = spec.get("gate", True), spec.get("instruct", False)
+    for key, flag in (("gate", gate), ("instruct", instruct)):
+        if not isinstance(flag, bool):
+            raise RequestError(f"'steering.{key}' must be true or false",
+                               param=f"steering.{key}")
     targets = (_targets(spec.get("values"), False, "steering.values")
                + _targets(spec.get("away"), True, "steering.away"))
     if method != "none" and not targets:
@@ -278,7 +281,7 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
         targets = list(defaults.targets)
     try:
         return SteerConfig(targets, method=method, mode=mode, gate=gate,
-                           strength=float(strength))
+                           strength=float(strength), instruct=instruct)
     except ConvaError as exc:
         raise RequestError(str(exc), param="steering") from None
 
@@ -301,7 +304,8 @@ Kind = Literal["chat", "completion"]
 def diagnostics(result: GenerationResult) -> dict[str, Any]:
     """The steering diagnostics a response carries in its `conva` field."""
     d = result.as_dict()
-    return {k: d[k] for k in ("method", "mode", "targets", "gate", "layers", "expected")}
+    return {k: d[k] for k in ("method", "mode", "targets", "gate", "layers", "expected",
+                              "instruction")}
 
 
 def usage(result: GenerationResult) -> dict[str, int]:

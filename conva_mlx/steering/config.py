@@ -15,6 +15,7 @@ from conva_mlx.values import check_value, load_values
 Method = Literal["calibrated", "conva", "caa", "ica", "none"]
 DEFAULT_METHOD: Method = "calibrated"
 MAX_STRENGTH = 8.0
+INSTRUCTED_METHODS = ("calibrated", "conva")  # the gated pushes that can add the instruction
 Mode = Literal["prompt", "token"]
 Probes = Literal["controlled", "uncontrolled"]
 # Where prompt mode adds its delta: every position (the reference), or only from the
@@ -78,18 +79,25 @@ class SteerConfig:
     direction: Direction | None  # ConVA's delta direction; None = the pack recipe's
     positions: Positions  # prompt mode: where the delta is added
     strength: float  # calibrated: 1 = the calibrated push (a target's level overrides it)
+    # Also put ICA's instruction before the question, only where the gate opens (the
+    # readers found instruction + push ahead of either alone; the instrument cannot see it).
+    instruct: bool
 
     def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (),
                  method: Method = DEFAULT_METHOD,
                  mode: Mode = "prompt", gate: bool = True, probes: Probes = "controlled",
                  caa_coef: float = 1.0, negative_prompt: bool = False,
                  layers: list[int] | None = None, direction: Direction | None = None,
-                 positions: Positions = "all", strength: float = 1.0) -> None:
+                 positions: Positions = "all", strength: float = 1.0,
+                 instruct: bool = False) -> None:
         self.targets = parse_targets(targets)
         self.method, self.mode, self.gate, self.probes = method, mode, gate, probes
         self.caa_coef, self.negative_prompt, self.layers = caa_coef, negative_prompt, layers
         self.direction, self.positions = direction, positions
-        self.strength = strength
+        self.strength, self.instruct = strength, instruct
+        if instruct and method not in INSTRUCTED_METHODS:
+            raise ConvaError(f"the instruction goes with a gated push (method "
+                             f"{' or '.join(INSTRUCTED_METHODS)}), not with method {method}")
         if not 0 <= strength <= MAX_STRENGTH:  # also refuses NaN
             raise ConvaError(f"strength must be in [0, {MAX_STRENGTH:g}], got {strength}")
         if positions not in POSITIONS:

@@ -11,8 +11,10 @@ from conva_mlx.steering.reports import ExpectedEffect
 def expected_effects(pack: Pack | None, cfg: SteerConfig, targets: list[Target]
                      ) -> list[ExpectedEffect]:
     """The calibrated method's expected effect per value steered toward (none for other
-    methods, values steered away from, or a pack without a calibration)."""
-    if pack is None or pack.calibration is None or cfg.method != "calibrated":
+    methods, values steered away from, a pack without a calibration, or with the
+    instruction: the calibration measured the push alone)."""
+    if (pack is None or pack.calibration is None or cfg.method != "calibrated"
+            or cfg.instruct):
         return []
     out = []
     for t in targets:

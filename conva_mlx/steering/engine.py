@@ -206,14 +206,23 @@ def plan_push(pack: Pack | None, cfg: SteerConfig, targets: list[Target],
     return Push([[] for _ in on])  # none and ICA add nothing
 
 
-def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
-                  targets: list[Target]) -> Prefilled:
-    """Steps 1-2 of the module docstring."""
-    gates = [UNGATED] * batch.size
-    cache: list[Any] | None = None
+def gate_decisions(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig
+                   ) -> tuple[list[Any] | None, list[GateReport]]:
+    """Step 1: each row's gate decision, and the unsteered cache of the pass that read it
+    (None, every row open, where the method or the settings use no gate)."""
     gate = pack.gate if pack is not None else None
     if cfg.method in GATED_METHODS and cfg.gate and gate is not None:
-        cache, gates = batch.gate_pass(gate)
+        return batch.gate_pass(gate)
+    return None, [UNGATED] * batch.size
+
+
+def steer_prefill(batch: PromptBatch, pack: Pack | None, cfg: SteerConfig,
+                  targets: list[Target],
+                  decided: tuple[list[Any] | None, list[GateReport]] | None = None
+                  ) -> Prefilled:
+    """Steps 1-2 of the module docstring. `decided`: the gate decisions already taken (and
+    the cache of that pass when it ran on this batch's tokens)."""
+    cache, gates = decided if decided is not None else gate_decisions(batch, pack, cfg)
     push = plan_push(pack, cfg, targets, gates)
     if push.steers or cache is None:  # a closed gate's unsteered cache is kept as it is
         cache = batch.prefill(push.prefill_hooks())

@@ -71,6 +71,7 @@ class GenerationResult:
     generation_tps: float = 0.0
     seconds: float = 0.0
     expected: list[ExpectedEffect] = field(default_factory=list)  # calibrated method only
+    instruction: str = ""  # the instruction put before the question (cfg.instruct, gate open)
 
     @property
     def steered(self) -> bool:
@@ -92,6 +93,7 @@ class GenerationResult:
             "generation_tps": round(self.generation_tps, 2),
             "seconds": round(self.seconds, 3),
             "expected": [e.as_dict() for e in self.expected],
+            "instruction": self.instruction or None,
         }
 
     def summary(self) -> str:
@@ -102,6 +104,8 @@ class GenerationResult:
                 else "gate n/a")
         if not self.layers:
             return f"{gate} · {self.method}: no change"
+        if self.instruction:
+            gate += " · with the instruction"
         if self.expected:
             return (f"{gate} · {self.method} · {len(self.layers)} layers · "
                     + "; ".join(e.sentence() for e in self.expected))

@@ -27,6 +27,7 @@ from conva_mlx.steering.engine import (
     continuation_logprobs,
     decode_batch,
     decode_steps,
+    gate_decisions,
     steer_prefill,
     supports_batching,
 )
@@ -43,6 +44,13 @@ class Prepared(NamedTuple):
     tokens: mx.array
     gate_index: int  # position of the templated query's last token
     expected: list[ExpectedEffect]  # the calibrated method's expected effect per value
+    # cfg.instruct: the prompt with ICA's instruction, used only where the gate opens
+    instructed: mx.array | None = None
+    instruction: str = ""
+
+    def steered_tokens(self, gate: GateReport) -> mx.array:
+        """The tokens the model reads: with the instruction only where the gate opened."""
+        return self.instructed if self.instructed is not None and gate.open else self.tokens
 
     def result(self, text: str, tokens: list[int], gate: GateReport,
                layers: list[LayerReport], cfg: SteerConfig, *, generation_tps: float = 0.0,
@@ -50,8 +58,11 @@ class Prepared(NamedTuple):
         """The finished reply to this request (generate, generate_batch and the server)."""
         return GenerationResult(
             text=text, tokens=tokens, gate=gate, layers=layers, method=cfg.method,
-            mode=cfg.mode, targets=self.targets, prompt_tokens=int(self.tokens.size),
-            generation_tps=generation_tps, seconds=seconds, expected=self.expected)
+            mode=cfg.mode, targets=self.targets,
+            prompt_tokens=int(self.steered_tokens(gate).size),
+            generation_tps=generation_tps, seconds=seconds, expected=self.expected,
+            instruction=self.instruction if self.steered_tokens(gate) is not self.tokens
+            else "")
 
 
 @dataclass
@@ -88,19 +99,21 @@ class SteeringSession:
 
     # ----- validation -------------------------------------------------------------
     @staticmethod
-    def _prefixes(cfg: SteerConfig, targets: list[Target]) -> list[str]:
-        """ICA's instruction and the negative prompt, put before the user's text."""
+    def _prefixes(cfg: SteerConfig, targets: list[Target], instructed: bool = False
+                  ) -> list[str]:
+        """ICA's instruction and the negative prompt, put before the user's text
+        (`instructed`: the instruction of cfg.instruct, for rows whose gate opens)."""
         prefixes = []
         if cfg.negative_prompt:
             prefixes += [ica_prefix(t.value, low=True) for t in targets]
-        if cfg.method == "ica":
+        if cfg.method == "ica" or instructed:
             prefixes += [ica_prefix(t.value, low=t.away) for t in targets]
         return prefixes
 
     def build_prompt(self, messages: list[dict[str, str]], cfg: SteerConfig,
-                     targets: list[Target]) -> str:
+                     targets: list[Target], instructed: bool = False) -> str:
         msgs = [dict(m) for m in messages]
-        prefixes = self._prefixes(cfg, targets)
+        prefixes = self._prefixes(cfg, targets, instructed)
         if prefixes:
             last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
             msgs[last_user]["content"] = " ".join(prefixes) + " " + msgs[last_user]["content"]
@@ -119,10 +132,13 @@ class SteeringSession:
         elif not messages or not str(messages[-1].get("content", "")).strip():
             raise ConvaError("the prompt is empty")
         targets = check_request(self.pack, cfg)
-        if isinstance(messages, str):  # raw text
-            prompt = " ".join([*self._prefixes(cfg, targets), messages])
-        else:
-            prompt = self.build_prompt(messages, cfg, targets)
+
+        def text(instructed: bool) -> str:
+            if isinstance(messages, str):  # raw text
+                return " ".join([*self._prefixes(cfg, targets, instructed), messages])
+            return self.build_prompt(messages, cfg, targets, instructed)
+
+        prompt = text(False)
         ids = list(self.lm.tokenizer.encode(prompt + reply_prefix))
         if len(ids) < 2:
             raise ConvaError("the prompt is empty")
@@ -134,15 +150,32 @@ class SteeringSession:
             head = list(self.lm.tokenizer.encode(prompt))
             if ids[:len(head)] == head:
                 gate_index = len(head) - 1
+        instructed, instruction = None, ""
+        if cfg.instruct:
+            with_instruction = list(self.lm.tokenizer.encode(text(True) + reply_prefix))
+            self.lm.check_prompt_length(len(with_instruction))
+            instructed = mx.array(with_instruction)
+            instruction = " ".join(ica_prefix(t.value, low=t.away) for t in targets)
         return Prepared(targets, mx.array(ids), gate_index,
-                        expected_effects(self.pack, cfg, targets))
+                        expected_effects(self.pack, cfg, targets), instructed, instruction)
 
     def prefill(self, prepared: list[Prepared], cfg: SteerConfig
                  ) -> tuple[PromptBatch, Prefilled]:
-        """The engine's gate pass and steering prefill for prepared prompts (same settings)."""
+        """The engine's gate pass and steering prefill for prepared prompts (same settings).
+
+        With cfg.instruct the gate reads each question as the user wrote it; the rows whose
+        gate opens are then prefilled with the instruction before the question."""
         batch = PromptBatch(self.lm.model, [p.tokens for p in prepared],
                             [p.gate_index for p in prepared])
-        return batch, steer_prefill(batch, self.pack, cfg, prepared[0].targets)
+        targets = prepared[0].targets
+        if not cfg.instruct:
+            return batch, steer_prefill(batch, self.pack, cfg, targets)
+        cache, gates = gate_decisions(batch, self.pack, cfg)
+        if not any(g.open for g in gates):  # no instruction anywhere: keep the plain pass
+            return batch, steer_prefill(batch, self.pack, cfg, targets, (cache, gates))
+        instructed = PromptBatch(self.lm.model,
+                                 [p.steered_tokens(g) for p, g in zip(prepared, gates)])
+        return instructed, steer_prefill(instructed, self.pack, cfg, targets, (None, gates))
 
     def _batchable(self, n: int, cfg: SteerConfig) -> bool:
         return n > 1 and cfg.mode != "token" and supports_batching(self.lm.model)
@@ -171,7 +204,7 @@ class SteeringSession:
     def _pieces(self, prepared: Prepared, cfg: SteerConfig, opts: GenOptions,
                 should_stop: Callable[[], bool] | None) -> Iterator[StreamPiece]:
         start = time.perf_counter()
-        _, pre = self.prefill([prepared], cfg)
+        batch, pre = self.prefill([prepared], cfg)
         gate = pre.gates[0]
         eos = set(self.lm.tokenizer.eos_token_ids)
         detok = self.lm.tokenizer.detokenizer
@@ -179,7 +212,7 @@ class SteeringSession:
         pieces: list[str] = []
         tokens: list[int] = []
         decode_start = time.perf_counter()
-        steps = decode_steps(self.lm.model, prepared.tokens[-1:], pre.cache, pre.hooks,
+        steps = decode_steps(self.lm.model, batch.tokens[0, -1:], pre.cache, pre.hooks,
                              [RowSampler(opts)], opts.max_tokens)
         try:
             for (t,) in steps:

@@ -1,0 +1,92 @@
+"""The gated instruction (`instruct`): ICA's instruction joins the calibrated push only where
+the gate opens, on the real default model with its full pack and shipped calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conva_mlx.cli.main import cli
+from conva_mlx.errors import ConvaError
+from conva_mlx.models.loading import LoadedModel
+from conva_mlx.packs.pack import load_pack
+from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
+from conva_mlx.steering.config import ica_prefix
+
+DILEMMA = ("Should Maya spend her savings on a trip around the world, or keep them to help "
+           "her younger brother pay for his studies?")
+UNRELATED = "What is 17 times 23?"
+SHORT = GenOptions(max_tokens=12)
+INSTRUCTED = SteerConfig(["benevolence"], instruct=True)
+
+
+@pytest.fixture(scope="module")
+def session(default_lm: LoadedModel, full_pack_dir: Path) -> SteeringSession:
+    return SteeringSession(default_lm, load_pack(full_pack_dir))
+
+
+def test_the_instruction_joins_the_push_where_the_gate_opens(session: SteeringSession) -> None:
+    got = session.generate(DILEMMA, INSTRUCTED, SHORT)
+    assert got.gate.used and got.gate.open and got.layers
+    assert got.instruction == ica_prefix("benevolence")
+    # the same as writing the instruction by hand and pushing without a gate
+    by_hand = session.generate(f"{got.instruction} {DILEMMA}",
+                               SteerConfig(["benevolence"], gate=False), SHORT)
+    assert got.tokens == by_hand.tokens
+    assert got.prompt_tokens == by_hand.prompt_tokens
+    push_alone = session.generate(DILEMMA, SteerConfig(["benevolence"]), SHORT)
+    assert got.tokens != push_alone.tokens
+    assert got.prompt_tokens > push_alone.prompt_tokens
+    # the calibration measured the push alone: no promise with the instruction
+    assert push_alone.expected and not got.expected
+    assert "with the instruction" in got.summary()
+
+
+def test_a_closed_gate_adds_neither_the_instruction_nor_the_push(
+        session: SteeringSession) -> None:
+    plain = session.generate(UNRELATED, SteerConfig(method="none"), SHORT)
+    got = session.generate(UNRELATED, INSTRUCTED, SHORT)
+    assert got.gate.used and not got.gate.open
+    assert got.tokens == plain.tokens and got.layers == [] and got.instruction == ""
+    assert got.prompt_tokens == plain.prompt_tokens
+    assert json.loads(json.dumps(got.as_dict()))["instruction"] is None
+
+
+def test_a_batch_instructs_only_its_open_rows(session: SteeringSession) -> None:
+    batched = session.generate_batch([DILEMMA, UNRELATED], INSTRUCTED, SHORT)
+    alone = [session.generate(p, INSTRUCTED, SHORT) for p in (DILEMMA, UNRELATED)]
+    assert [r.gate.open for r in batched] == [True, False]
+    assert [r.instruction != "" for r in batched] == [True, False]
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+
+
+def test_scores_read_the_instructed_prompt(session: SteeringSession) -> None:
+    reply = " I would help my brother."
+    got = session.loglik(DILEMMA, reply, INSTRUCTED)
+    by_hand = session.loglik(f"{ica_prefix('benevolence')} {DILEMMA}", reply,
+                             SteerConfig(["benevolence"], gate=False))
+    assert got == pytest.approx(by_hand, abs=1e-3)
+    assert got != pytest.approx(session.loglik(DILEMMA, reply, SteerConfig(["benevolence"])),
+                                abs=1e-3)
+
+
+def test_the_instruction_goes_with_a_gated_push_only() -> None:
+    for method in ("caa", "ica", "none"):
+        with pytest.raises(ConvaError, match="gated push"):
+            SteerConfig(["benevolence"], method=method, instruct=True)  # type: ignore[arg-type]
+
+
+def test_the_cli_reports_the_instruction(full_pack_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["generate", "--pack", str(full_pack_dir), "--value",
+                                      "benevolence", "--instruct", "--max-tokens", "4",
+                                      "--json", DILEMMA])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output[result.output.index("{"):])
+    assert out["instruction"].startswith("You have high level of benevolence.")
+    assert out["expected"] == []
+    bad = CliRunner().invoke(cli, ["generate", "--pack", str(full_pack_dir), "--value",
+                                   "benevolence", "--method", "caa", "--instruct", DILEMMA])
+    assert bad.exit_code != 0 and "gated push" in bad.output
