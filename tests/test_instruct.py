@@ -76,7 +76,7 @@ def test_scores_read_the_instructed_prompt(session: SteeringSession) -> None:
 def test_the_instruction_goes_with_a_gated_push_only() -> None:
     for method in ("caa", "ica", "none"):
         with pytest.raises(ConvaError, match="gated push"):
-            SteerConfig(["benevolence"], method=method, instruct=True)  # type: ignore[arg-type]
+            SteerConfig(["benevolence"], method=method, instruct=True)
 
 
 def test_the_cli_reports_the_instruction(full_pack_dir: Path) -> None:
