@@ -15,7 +15,7 @@ from conva_mlx.values import check_value, load_values
 Method = Literal["calibrated", "conva", "caa", "ica", "none"]
 DEFAULT_METHOD: Method = "calibrated"
 MAX_STRENGTH = 8.0
-INSTRUCTED_METHODS = ("calibrated", "conva")  # the gated pushes that can add the instruction
+GATED_METHODS = ("conva", "calibrated")  # CAA stays the ungated baseline
 Mode = Literal["prompt", "token"]
 Probes = Literal["controlled", "uncontrolled"]
 # Where prompt mode adds its delta: every position (the reference), or only from the
@@ -95,9 +95,9 @@ class SteerConfig:
         self.caa_coef, self.negative_prompt, self.layers = caa_coef, negative_prompt, layers
         self.direction, self.positions = direction, positions
         self.strength, self.instruct = strength, instruct
-        if instruct and method not in INSTRUCTED_METHODS:
+        if instruct and method not in GATED_METHODS:
             raise ConvaError(f"the instruction goes with a gated push (method "
-                             f"{' or '.join(INSTRUCTED_METHODS)}), not with method {method}")
+                             f"{' or '.join(GATED_METHODS)}), not with method {method}")
         if not 0 <= strength <= MAX_STRENGTH:  # also refuses NaN
             raise ConvaError(f"strength must be in [0, {MAX_STRENGTH:g}], got {strength}")
         if positions not in POSITIONS:
@@ -150,6 +150,11 @@ def ica_prefix(value: str, low: bool = False) -> str:
     v = load_values()[value]
     level = "low" if low else "high"
     return f"You have {level} level of {value}. {v.title} means {v.definition}."
+
+
+def ica_instruction(targets: Sequence[Target]) -> str:
+    """ICA's instruction for every target (low for values steered away from)."""
+    return " ".join(ica_prefix(t.value, low=t.away) for t in targets)
 
 
 # Chat and serve decode greedily with a repetition penalty by default: plain greedy decoding

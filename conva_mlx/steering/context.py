@@ -21,9 +21,15 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import hooked_blocks
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
-from conva_mlx.steering.config import DEFAULT_METHOD, Method, Mode, SteerConfig, TargetSpec
-from conva_mlx.steering.engine import (
+from conva_mlx.steering.config import (
+    DEFAULT_METHOD,
     GATED_METHODS,
+    Method,
+    Mode,
+    SteerConfig,
+    TargetSpec,
+)
+from conva_mlx.steering.engine import (
     PACK_METHODS,
     UNGATED,
     PromptBatch,

@@ -31,7 +31,7 @@ from conva_mlx.errors import ConvaError
 from conva_mlx.models.layers import BlockHook, hooked_blocks
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.gate import Gate
-from conva_mlx.steering.config import GenOptions, SteerConfig, Target
+from conva_mlx.steering.config import GATED_METHODS, GenOptions, SteerConfig, Target
 from conva_mlx.steering.hooks import (
     PromptModeMeasure,
     TokenStats,
@@ -50,7 +50,6 @@ from conva_mlx.steering.reports import GateReport, LayerReport
 from conva_mlx.steering.sampling import RowSampler, pick_tokens
 
 UNGATED = GateReport(score=None, open=True, threshold=None, used=False)
-GATED_METHODS = ("conva", "calibrated")  # CAA stays the ungated baseline
 FIXED_METHODS = ("caa", "calibrated")  # one fixed vector per block
 PACK_METHODS = ("conva", "caa", "calibrated")
 

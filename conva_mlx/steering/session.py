@@ -18,7 +18,13 @@ import mlx.core as mx
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import Pack
-from conva_mlx.steering.config import GenOptions, SteerConfig, Target, ica_prefix
+from conva_mlx.steering.config import (
+    GenOptions,
+    SteerConfig,
+    Target,
+    ica_instruction,
+    ica_prefix,
+)
 from conva_mlx.steering.effects import expected_effects
 from conva_mlx.steering.engine import (
     Prefilled,
@@ -56,13 +62,12 @@ class Prepared(NamedTuple):
                layers: list[LayerReport], cfg: SteerConfig, *, generation_tps: float = 0.0,
                seconds: float = 0.0) -> GenerationResult:
         """The finished reply to this request (generate, generate_batch and the server)."""
+        read = self.steered_tokens(gate)
         return GenerationResult(
             text=text, tokens=tokens, gate=gate, layers=layers, method=cfg.method,
-            mode=cfg.mode, targets=self.targets,
-            prompt_tokens=int(self.steered_tokens(gate).size),
+            mode=cfg.mode, targets=self.targets, prompt_tokens=int(read.size),
             generation_tps=generation_tps, seconds=seconds, expected=self.expected,
-            instruction=self.instruction if self.steered_tokens(gate) is not self.tokens
-            else "")
+            instruction=self.instruction if read is not self.tokens else "")
 
 
 @dataclass
@@ -107,7 +112,7 @@ class SteeringSession:
         if cfg.negative_prompt:
             prefixes += [ica_prefix(t.value, low=True) for t in targets]
         if cfg.method == "ica" or instructed:
-            prefixes += [ica_prefix(t.value, low=t.away) for t in targets]
+            prefixes.append(ica_instruction(targets))
         return prefixes
 
     def build_prompt(self, messages: list[dict[str, str]], cfg: SteerConfig,
@@ -155,7 +160,7 @@ class SteeringSession:
             with_instruction = list(self.lm.tokenizer.encode(text(True) + reply_prefix))
             self.lm.check_prompt_length(len(with_instruction))
             instructed = mx.array(with_instruction)
-            instruction = " ".join(ica_prefix(t.value, low=t.away) for t in targets)
+            instruction = ica_instruction(targets)
         return Prepared(targets, mx.array(ids), gate_index,
                         expected_effects(self.pack, cfg, targets), instructed, instruction)
 
