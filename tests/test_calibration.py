@@ -111,6 +111,8 @@ def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -
     (lambda d: d["values"]["benevolence"]["curve"][0].update(strength=99), "strength"),
     (lambda d: d["values"]["benevolence"].update(unsteered_favoured=1.5), "share"),
     (lambda d: d["values"]["benevolence"]["mix"].update(kindness=1.0), "unknown value"),
+    (lambda d: d["values"]["benevolence"].update(instructed={"favoured": 2, "curve": []}),
+     "share"),
     (lambda d: d.update(target_shift=-1), "target_shift"),
     (lambda d: d.update(direction="probe"), "direction"),
     (lambda d: d.update(format_version=2), "newer than this conva-mlx"),
@@ -152,6 +154,41 @@ def test_the_calibrated_push_is_the_mix_of_mean_differences_times_the_strength(
     assert effects[0].favoured == pytest.approx(0.775)
     assert "favoured on 78% of held-out dilemmas (unsteered 40%)" in effects[0].sentence()
     assert isinstance(half[k], mx.array)
+    # with the instruction: no promise from a calibration of the push alone, and the
+    # instructed curve's where it was measured
+    instructed = SteerConfig([Target("benevolence", 0.775)], instruct=True)
+    assert expected_effects(pack, instructed, instructed.targets) == []
+    pack.calibration.values["benevolence"] = _instructed_cal()
+    got = expected_effects(pack, instructed, instructed.targets)[0]
+    assert got.instructed and got.strength == pytest.approx(0.875)  # 0.6 -> 0.8 over 0 -> 1
+    assert got.favoured == pytest.approx(0.775) and got.unsteered == pytest.approx(0.4)
+    assert got.sentence().endswith("with the instruction")
+    assert got.as_dict()["instructed"] is True
+
+
+def _instructed_cal() -> ValueCalibration:
+    cal = _value_cal()
+    cal.instructed_favoured = 0.6
+    cal.instructed_curve = [CurvePoint(1.0, 2.5, 0.8, -0.4), CurvePoint(2.0, 4.0, 0.9, -1.0)]
+    return cal
+
+
+def test_the_instructed_curve_reads_and_round_trips(tmp_path: Path) -> None:
+    cal = _instructed_cal()
+    assert cal.has_instructed and not _value_cal().has_instructed
+    assert cal.effect_at(0.0, instructed=True) == pytest.approx(0.6)  # the instruction alone
+    assert cal.effect_at(1.5, instructed=True) == pytest.approx(0.85)
+    assert cal.strength_for(0.85, instructed=True) == pytest.approx(1.5)
+    assert cal.max_effect(instructed=True) == pytest.approx(0.9)
+    assert cal.effect_at(1.0) == pytest.approx(0.7)  # the push alone's curve is unchanged
+    with pytest.raises(ConvaError, match="calibrate --instruct"):
+        _value_cal().effect_at(1.0, instructed=True)
+    write_calibration(_calibration({"benevolence": cal}), tmp_path)
+    back = read_calibration(tmp_path / CALIBRATION_JSON).values["benevolence"]
+    assert back.instructed_favoured == pytest.approx(0.6)
+    assert [p.as_dict() for p in back.instructed_curve] == \
+        [p.as_dict() for p in cal.instructed_curve]
+    assert "instructed" not in _calibration({"b": _value_cal()}).to_json()["values"]["b"]
 
 
 def test_an_uncalibrated_pack_pushes_the_value_contrast_vector(small_pack: Pack) -> None:
@@ -234,6 +271,18 @@ def test_calibrate_cli_sizes_each_value_writes_the_pack_and_resumes(
     forced = CliRunner().invoke(cli, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
     assert (out / "choices.jsonl").read_text().count("\n") == scored  # resumed, not rescored
+    assert "instructed" not in forced.output
+    instructed = CliRunner().invoke(cli, [*args, "--force", "--instruct"])
+    assert instructed.exit_code == 0, instructed.output
+    # only the new settings are scored: two coefficients with the instruction, and ICA alone
+    assert (out / "choices.jsonl").read_text().count("\n") == scored + 2 * 4 * 3
+    again_cal = load_pack(pack_dir).calibration
+    assert again_cal is not None
+    for name, v in again_cal.values.items():
+        assert v.mix == cal.values[name].mix  # the sizes stay the push alone's
+        assert v.has_instructed and len(v.instructed_curve) == 2
+        assert [p.strength for p in v.instructed_curve] == [p.strength for p in v.curve]
+    assert "With ICA's instruction" in (out / "calibration.md").read_text()
 
 
 def test_overwriting_a_pack_drops_its_old_calibration_and_a_resave_keeps_it(

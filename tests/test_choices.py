@@ -164,6 +164,13 @@ def test_settings_parse_strengths_and_refuse_bad_ones() -> None:
     with pytest.raises(ConvaError):
         parse_settings("conva", strengths=[2.0])  # a CAA coefficient is not a P0
     assert MethodSetting("caa", 2.0).config("power").caa_coef == 2.0
+    both = parse_settings("ica+calibrated:0.5")[0]
+    assert both.label == "ica+calibrated x0.5"
+    cfg = both.config("power")
+    assert (cfg.method, cfg.gate, cfg.instruct, cfg.strength) == ("calibrated", True, True, 0.5)
+    assert MethodSetting("calibrated", 0.5).config("power").instruct is False
+    with pytest.raises(ConvaError, match="strength is in"):
+        parse_settings("ica+calibrated:9")
 
 
 def test_every_shipped_dilemma_has_its_two_actions() -> None:

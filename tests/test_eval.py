@@ -79,6 +79,10 @@ def test_method_names_map_onto_steer_configs() -> None:
     assert steer_config("caa", "power").method == "caa"
     assert steer_config("conva", "power", p0=0.99).targets[0].p0 == 0.99
     assert steer_config("conva", "power").targets[0].p0 is None  # the pack's default
+    c = steer_config("ica+calibrated", "power", strength=0.5)
+    assert (c.method, c.gate, c.instruct, c.strength) == ("calibrated", True, True, 0.5)
+    c = steer_config("calibrated", "power")
+    assert (c.method, c.instruct, c.strength) == ("calibrated", False, 1.0)
 
 
 def test_a_torn_last_line_is_ignored_and_repaired(tmp_path: Path) -> None:
@@ -169,11 +173,15 @@ def test_an_out_dir_made_with_other_settings_is_refused(session: SteeringSession
     settings = json.loads((tmp_path / "run.json").read_text())
     assert settings["max_tokens"] == 3 and settings["p0"] is None
     assert settings["pack_sha256"] == session.pack.digest()
-    for change in ({"max_tokens": 5}, {"p0": 0.99}):
+    for change in ({"max_tokens": 5}, {"p0": 0.99}, {"strength": 0.5},
+                   {"repetition_penalty": 1.2}):
         other = EvalOptions(**{**opts.__dict__, **change})
         with pytest.raises(ConvaError, match="other settings"):
             run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), other)
-    # the same settings resume quietly
+    # the same settings resume quietly, also from a run made before `strength` was saved
+    run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
+    del settings["strength"], settings["repetition_penalty"]
+    (tmp_path / "run.json").write_text(json.dumps(settings))
     run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
 
 

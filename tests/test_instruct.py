@@ -13,8 +13,9 @@ from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import load_pack
+from conva_mlx.serving.protocol import Defaults, steering
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
-from conva_mlx.steering.config import ica_prefix
+from conva_mlx.steering.config import Target, ica_prefix
 
 DILEMMA = ("Should Maya spend her savings on a trip around the world, or keep them to help "
            "her younger brother pay for his studies?")
@@ -90,3 +91,36 @@ def test_the_cli_reports_the_instruction(full_pack_dir: Path) -> None:
     bad = CliRunner().invoke(cli, ["generate", "--pack", str(full_pack_dir), "--value",
                                    "benevolence", "--method", "caa", "--instruct", DILEMMA])
     assert bad.exit_code != 0 and "gated push" in bad.output
+
+
+def test_serve_instruct_sets_the_default_of_gated_requests_only() -> None:
+    defaults = Defaults(strength=0.5, instruct=True)
+    cfg = steering({"steering": {"values": {"benevolence": None}}}, defaults)
+    assert (cfg.method, cfg.instruct, cfg.strength) == ("calibrated", True, 0.5)
+    cfg = steering({"steering": {"values": {"benevolence": None}, "instruct": False,
+                                 "strength": 2}}, defaults)
+    assert (cfg.instruct, cfg.strength) == (False, 2.0)
+    for method in ("caa", "ica", "none"):  # the instruction goes with a gated push only
+        assert not steering({"steering": {"values": {"power": None}, "method": method}},
+                            defaults).instruct
+    assert not steering({"steering": {"values": {"power": None}}}, Defaults()).instruct
+    served = Defaults([Target("power")], strength=0.5, instruct=True).config()
+    assert (served.instruct, served.strength) == (True, 0.5)
+
+
+def test_an_eval_run_generates_with_the_instruction(session: SteeringSession,
+                                                    tmp_path: Path) -> None:
+    from conva_mlx.evaluation.runner import run_eval
+    from conva_mlx.evaluation.settings import EvalContext, EvalOptions
+    from conva_mlx.evaluation.store import JsonlStore
+    from tests.test_eval import CountingJudge
+
+    opts = EvalOptions(values=["benevolence"], methods=["ica+calibrated"], n=1, max_tokens=6,
+                       strength=0.5, repetition_penalty=1.2, general=False,
+                       show_progress=False)
+    run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
+    rec = next(iter(JsonlStore(tmp_path / "generations.jsonl").records.values()))
+    want = session.generate(rec["prompt"], SteerConfig(["benevolence"], strength=0.5,
+                                                       instruct=True),
+                            GenOptions(max_tokens=6, repetition_penalty=1.2))
+    assert rec["text"] == want.text and rec["method"] == "ica+calibrated"

@@ -408,6 +408,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server: str, client: Any)
     (["--port", "70000"], "Invalid value for '--port': 70000 is not in the range 1<=x<=65535"),
     (["--port", "-1"], "Invalid value for '--port': -1 is not in the range"),
     (["--host", "no-such-host.invalid"], "error: --host no-such-host.invalid: not an address"),
+    (["--strength", "9"], "error: --strength: strength must be in [0, 8], got 9.0"),
     (["--port", "{taken}"], "error: cannot listen on 127.0.0.1:{taken} (Address already in "
                             "use); choose another --port"),
 ])

@@ -237,6 +237,7 @@ def test_presets_round_trip(tmp_path: Path) -> None:
     s.values["benevolence"].p0 = 0.97
     s.values["power"].stance = "away"
     s.mode = "token"
+    s.instruct = True
     save_preset(tmp_path, "kind", s.to_json())
     assert list_presets(tmp_path) == ["kind"]
     t = ChatSettings()
@@ -244,8 +245,33 @@ def test_presets_round_trip(tmp_path: Path) -> None:
     assert t.to_json() == s.to_json()
     assert [(x.value, x.p0, x.away) for x in t.targets()] == [("power", 0.95, True),
                                                               ("benevolence", 0.97, False)]
-    assert t.steer_config().method == "calibrated"
+    assert t.steer_config().method == "calibrated" and t.steer_config().instruct
+    assert "with the instruction" in t.describe()
     assert ChatSettings().steer_config().method == "none"
+    t.values["benevolence"].stance = t.values["power"].stance = "off"
+    assert t.steer_config().method == "none" and not t.steer_config().instruct
+    older = load_preset(tmp_path, "kind")
+    del older["instruct"]  # a preset saved before the instruction existed
+    t.apply_json(older)
+    assert t.instruct is False
+
+
+def test_the_instruction_toggle_joins_ica_to_the_push(default_lm: LoadedModel, pack: Pack,
+                                                      tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = make_app(default_lm, pack, tmp_path, max_tokens=6)
+        app.settings.values["benevolence"].stance = "toward"
+        app.settings.gate = False
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("ctrl+n")
+            assert app.settings.instruct
+            await send(pilot, VALUE_QUESTION)
+            turn = app.turns[-1]
+            assert "with the instruction" in turn.settings
+            assert "with the instruction" in turn.summary
+            await pilot.press("ctrl+n")
+            assert not app.settings.instruct
+    run(scenario())
 
 
 def test_transcript_records_the_settings_of_every_turn() -> None:

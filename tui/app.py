@@ -42,6 +42,7 @@ HELP = {
     "help": "This help",
     "stop": "Stop the reply being generated",
     "toggle_gate": "Gate on/off (on: steer only value-related messages)",
+    "toggle_instruct": "Instruction on/off (on: ICA's instruction too, where the gate opens)",
     "toggle_mode": "Mode prompt/token (token: recompute the perturbation every token)",
     "toggle_compare": "Compare: show the unsteered reply beside the steered one",
     "clear": "Clear the chat (history included)",
@@ -64,6 +65,7 @@ class ChatApp(App[None]):
         Binding("f1", "help", "Help", key_display="F1"),
         Binding("escape", "stop", "Stop", key_display="Esc"),
         Binding("ctrl+g", "toggle_gate", "Gate"),
+        Binding("ctrl+n", "toggle_instruct", "Instruct"),
         Binding("ctrl+t", "toggle_mode", "Mode"),
         Binding("ctrl+o", "toggle_compare", "Compare"),
         Binding("ctrl+l", "clear", "Clear"),
@@ -358,6 +360,10 @@ class ChatApp(App[None]):
 
     def action_toggle_gate(self) -> None:
         self.settings.gate = not self.settings.gate
+        self._refresh_status()
+
+    def action_toggle_instruct(self) -> None:
+        self.settings.instruct = not self.settings.instruct
         self._refresh_status()
 
     def action_toggle_mode(self) -> None:

@@ -1,5 +1,5 @@
 """The chat's steering settings: per-value stance (off, toward, away) and strength, gate,
-mode, compare."""
+instruction, mode, compare."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ class ChatSettings:
     values: dict[str, ValueSetting] = field(
         default_factory=lambda: {v: ValueSetting() for v in VALUE_NAMES})
     gate: bool = True
+    # ICA's instruction before the message too, where the gate opens (generate --instruct)
+    instruct: bool = False
     mode: Literal["prompt", "token"] = "prompt"
     compare: bool = False
 
@@ -65,8 +67,10 @@ class ChatSettings:
     def steer_config(self) -> SteerConfig:
         """The session config; with no value chosen the reply is plain (method none)."""
         targets = self.targets()
-        return SteerConfig(targets=targets, method=DEFAULT_METHOD if targets else "none",
-                           mode=self.mode, gate=self.gate)
+        if not targets:
+            return SteerConfig(method="none", mode=self.mode, gate=self.gate)
+        return SteerConfig(targets=targets, method=DEFAULT_METHOD, mode=self.mode,
+                           gate=self.gate, instruct=self.instruct)
 
     def use_levels(self, levels: dict[str, float]) -> None:
         """Start each value at the level its calibration expects at strength 1."""
@@ -79,13 +83,14 @@ class ChatSettings:
         parts = [f"{v} {'↑' if s.stance == 'toward' else '↓'} {s.p0:.2f}"
                  for v, s in self.active()]
         steer = ", ".join(parts) if parts else "no steering"
-        return f"{steer} · mode {self.mode} · gate {'on' if self.gate else 'off'}"
+        line = f"{steer} · mode {self.mode} · gate {'on' if self.gate else 'off'}"
+        return line + " · with the instruction" if self.instruct else line
 
     # ----- presets -----------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {"values": {v: {"stance": s.stance, "p0": s.p0}
                            for v, s in self.values.items()},
-                "gate": self.gate, "mode": self.mode}
+                "gate": self.gate, "instruct": self.instruct, "mode": self.mode}
 
     def apply_json(self, data: dict[str, Any]) -> None:
         """Load a preset: unknown values are ignored, strengths are clamped to the range."""
@@ -98,5 +103,6 @@ class ChatSettings:
             setting.stance = stance if stance in STANCES else "off"
             setting.p0 = clamp_p0(float(raw.get("p0", DEFAULT_P0)))
         self.gate = bool(data.get("gate", self.gate))
+        self.instruct = bool(data.get("instruct", False))  # older presets: off
         mode = data.get("mode", self.mode)
         self.mode = mode if mode in ("prompt", "token") else "prompt"

@@ -26,13 +26,25 @@ def _table(cal_json: dict[str, Any]) -> str:
              "dilemmas favouring the value (change of the actions' log-likelihood, nats).",
              "",
              "| value | unsteered | coefficient | curve |", "|---|---|---|---|"]
+    instructed = []
     for name, v in cal_json["values"].items():
-        curve = ", ".join(f"x{p['strength']:.2g}: {p['favoured']:.2f} ({p['fluency']:+.1f})"
-                          for p in v["curve"])
         coef = ", ".join(f"{w:.2f}" if k == name else f"{k} {w:+.2f}"
                          for k, w in v["mix"].items())
-        lines.append(f"| {name} | {v['unsteered_favoured']:.2f} | {coef} | {curve} |")
+        lines.append(f"| {name} | {v['unsteered_favoured']:.2f} | {coef} | "
+                     f"{_curve(v['curve'])} |")
+        if "instructed" in v:
+            inst = v["instructed"]
+            instructed.append(f"| {name} | {inst['favoured']:.2f} | {_curve(inst['curve'])} |")
+    if instructed:
+        lines += ["", "With ICA's instruction before the question (calibrate --instruct): the "
+                  "share with the instruction alone, then the same pushes with it.", "",
+                  "| value | instruction alone | curve |", "|---|---|---|", *instructed]
     return "\n".join(lines)
+
+
+def _curve(points: list[dict[str, float]]) -> str:
+    return ", ".join(f"x{p['strength']:.2g}: {p['favoured']:.2f} ({p['fluency']:+.1f})"
+                     for p in points)
 
 
 @click.command()
@@ -51,6 +63,9 @@ def _table(cal_json: dict[str, Any]) -> str:
               show_default=True,
               help="band: every value at the blocks 30%-70% of the depth; recipe: the "
                    "pack's blocks for each value.")
+@click.option("--instruct", is_flag=True,
+              help="Also measure each push with ICA's instruction before the question, so "
+                   "that `generate --instruct` shows an expected effect too.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Scores (resumable; default runs/calibrate-MODEL).")
@@ -58,7 +73,8 @@ def _table(cal_json: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 def calibrate(pack_spec: str | None, dtype: str, model_spec: str, n: int | None,
               target_shift: float, coefs_spec: str, fluency_floor: float, blocks: str,
-              batch_size: int, out_dir: Path | None, force: bool, as_json: bool) -> None:
+              instruct: bool, batch_size: int, out_dir: Path | None, force: bool,
+              as_json: bool) -> None:
     """Measure each value's dose-response on the calibration half of the dilemmas, size the
     default method's push per value (the smallest that reaches the target shift and stays
     fluent), and write calibration.json (with the strength-to-effect curve) into the pack."""
@@ -69,7 +85,7 @@ def calibrate(pack_spec: str | None, dtype: str, model_spec: str, n: int | None,
 
     coefs = parse_floats(coefs_spec, "--coefs") or []
     opts = CalibrateOptions(n=n, target_shift=target_shift, coefs=tuple(coefs),
-                            fluency_floor=fluency_floor, blocks=blocks,
+                            fluency_floor=fluency_floor, blocks=blocks, instruct=instruct,
                             batch_size=batch_size, say=log)
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")

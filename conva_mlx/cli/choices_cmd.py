@@ -38,10 +38,11 @@ def _default_out(model_spec: str, form: str, split: str) -> Path:
 @model_option
 @click.option("--values", "values_spec", default="all", show_default=True,
               help="'all' or a comma-separated list of values.")
-@click.option("--methods", "methods_spec", default="none,ica,caa,conva", show_default=True,
+@click.option("--methods", "methods_spec", default="none,ica,caa,conva,calibrated",
+              show_default=True,
               help="Comma-separated: " + ", ".join(CHOICE_METHODS)
                    + "; a method may carry its strength ('caa:2', 'conva:0.99', "
-                     "'calibrated:1.5').")
+                     "'calibrated:1.5', 'ica+calibrated:0.5').")
 @click.option("--mode", type=click.Choice(MODES), default=None,
               help="ConVA's mode (default prompt).")
 @click.option("--p0", type=float, default=None,

@@ -153,9 +153,15 @@ def print_table(results: EvalResults) -> None:
               help="ConVA strength P0 for every value (default: the pack's per-value P0).")
 @click.option("--caa-coef", type=float, default=1.0, show_default=True,
               help="CAA strength: multiplies the mean-difference vectors.")
+@click.option("--strength", type=float, default=1.0, show_default=True,
+              help="calibrated / ica+calibrated: 1 = the calibrated push (0.5: half of it, "
+                   "the size the readers chose with the instruction).")
 @click.option("--batch-size", type=int, default=16, show_default=True,
               help="Prompts decoded together (same method and value); 1 = one at a time.")
 @click.option("--seed", type=int, default=None)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
+              help="> 1 makes repeated tokens less likely (1 = off; the chat and the server "
+                   "decode with 1.2).")
 @click.option("--general/--no-general", default=True, show_default=True,
               help="Multiple-choice general ability for " + ", ".join(GENERAL_METHODS) + ".")
 @click.option("--mcq-n", type=int, default=None, help="At most N multiple-choice questions.")

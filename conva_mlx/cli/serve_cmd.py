@@ -15,7 +15,7 @@ from conva_mlx.packs.pack import merge_packs
 from conva_mlx.serving.app import ServerConfig, create_app
 from conva_mlx.serving.protocol import Defaults, Limits
 from conva_mlx.sharing.pack_source import open_pack
-from conva_mlx.steering.config import Target
+from conva_mlx.steering.config import SteerConfig, Target
 from conva_mlx.steering.session import SteeringSession
 
 
@@ -28,6 +28,13 @@ from conva_mlx.steering.session import SteeringSession
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--values", "value_specs", multiple=True,
               help="Default steering for requests that send none: VALUE[:P0] (repeatable).")
+@click.option("--strength", type=float, default=1.0, show_default=True,
+              help="The calibrated push's strength for requests that give none (1 = the "
+                   "calibrated push).")
+@click.option("--instruct", is_flag=True,
+              help="Requests with a gated method (calibrated, conva) that do not say "
+                   "'instruct' also get ICA's instruction where the gate opens; "
+                   "'--instruct --strength 0.5' is the setting the readers chose.")
 @click.option("--api-key-env", default=None,
               help="Require 'Authorization: Bearer <key>' with the key in this variable.")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True,
@@ -35,13 +42,18 @@ from conva_mlx.steering.session import SteeringSession
 @click.option("--max-tokens-cap", type=click.IntRange(1), default=2048, show_default=True,
               help="The largest max_tokens a request may ask for.")
 def serve(model_spec: str, dtype: str, pack_specs: tuple[str, ...], host: str, port: int,
-          value_specs: tuple[str, ...], api_key_env: str | None, max_batch: int,
-          max_tokens_cap: int) -> None:
+          value_specs: tuple[str, ...], strength: float, instruct: bool,
+          api_key_env: str | None, max_batch: int, max_tokens_cap: int) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/steering, /health); requests choose their steering in a `steering` field."""
     import uvicorn
 
-    defaults = Defaults([Target.parse(v) for v in value_specs])
+    defaults = Defaults([Target.parse(v) for v in value_specs], strength=strength,
+                        instruct=instruct)
+    try:
+        SteerConfig(method=defaults.method, strength=strength)  # type: ignore[arg-type]
+    except ConvaError as exc:
+        raise ConvaError(f"--strength: {exc}") from None
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env, "").strip()

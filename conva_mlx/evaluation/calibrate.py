@@ -10,6 +10,9 @@
    of reach, the largest fluent coefficient. Strength 1 = that coefficient.
 3. The curve: the measured points in strength units, so a level such as "favoured on 80%
    of held-out dilemmas" maps to a strength and back.
+4. With `instruct`: the same pushes with ICA's instruction before the question, and the
+   instruction alone (ICA, ungated: the calibration dilemmas are value-laden), so a
+   strength means something with `--instruct` too. The sizes stay the push alone's.
 
 (A first form aimed each push with the ridge inverse of the 10 x 10 leakage responses; on
 the default model its held-out selectivity was 1.32 at best, four values did not move and
@@ -65,6 +68,7 @@ class CalibrateOptions:
     coefs: tuple[float, ...] = DEFAULT_COEFS
     fluency_floor: float = DEFAULT_FLUENCY_FLOOR
     blocks: str = "band"  # band: every value at the depth band; recipe: the pack's blocks
+    instruct: bool = False  # also measure the curve with ICA's instruction (step 4)
     batch_size: int = 16
     show_progress: bool = True
     progress: Callable[[int, int], None] | None = None
@@ -130,6 +134,12 @@ def _points(store: JsonlStore, settings: list[MethodSetting], value: str,
     return out
 
 
+def _in_strength_units(points: list[DosePoint], coef: float) -> list[CurvePoint]:
+    """The measured points with strength = coefficient / the value's chosen coefficient."""
+    return [CurvePoint(round(p.coef / coef, 4), p.shift, p.favoured, p.fluency)
+            for p in points if 0 < p.coef / coef <= MAX_STRENGTH]
+
+
 def unit_calibration(pack_values: list[str], fingerprint: str, dataset_hash: str,
                      recipe: str, direction: str, blocks: list[int] | None) -> Calibration:
     """Every value pushed along its own direction at coefficient 1 (the dose-response's
@@ -156,8 +166,11 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
     opts.say(f"calibrate: {len(values)} values x {len(opts.coefs)} coefficients along the "
              f"{direction} direction at {where}, {len(items)} calibration dilemmas")
     settings = [MethodSetting("calibrated", c) for c in opts.coefs]
+    instructed = [MethodSetting("ica+calibrated", c) for c in opts.coefs] if opts.instruct else []
+    alone = [MethodSetting("ica")] if opts.instruct else []
     run_choices(ChoiceRun(session, out),
-                ChoiceOptions(values=values, settings=settings, split="calibration", n=opts.n,
+                ChoiceOptions(values=values, settings=settings + instructed + alone,
+                              split="calibration", n=opts.n,
                               batch_size=opts.batch_size, show_progress=opts.show_progress,
                               progress=opts.progress))
     store = JsonlStore(out / "choices.jsonl")
@@ -172,10 +185,14 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
         coef, reached = choose_coef(points, opts.target_shift, opts.fluency_floor)
         base = [store.records[score_key("likelihood", MethodSetting("none"), UNSTEERED,
                                         it.id)]["score"] > 0 for it in own]
-        cal.values[v] = ValueCalibration(
-            {v: round(coef, 4)}, float(np.mean(base)),
-            [CurvePoint(round(p.coef / coef, 4), p.shift, p.favoured, p.fluency)
-             for p in points if 0 < p.coef / coef <= MAX_STRENGTH], len(own))
+        cal.values[v] = ValueCalibration({v: round(coef, 4)}, float(np.mean(base)),
+                                         _in_strength_units(points, coef), len(own))
+        if opts.instruct:
+            cal.values[v].instructed_favoured = float(np.mean(
+                [store.records[score_key("likelihood", alone[0], v, it.id)]["score"] > 0
+                 for it in own]))
+            cal.values[v].instructed_curve = _in_strength_units(
+                _points(store, instructed, v, own), coef)
         cal.notes["reached"][v] = reached
     pack.calibration = cal
     return cal

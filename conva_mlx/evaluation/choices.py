@@ -39,8 +39,10 @@ from conva_mlx.values import VALUE_NAMES
 Form = Literal["likelihood", "letter"]
 FORMS: tuple[str, ...] = get_args(Form)
 Split = Literal["test", "calibration"]
-CHOICE_METHODS = ("none", "ica", "calibrated", "caa", "conva", "conva-nogate")
-PACK_SETTINGS = ("calibrated", "caa", "conva", "conva-nogate")  # methods that need a pack
+CHOICE_METHODS = ("none", "ica", "calibrated", "ica+calibrated", "caa", "conva", "conva-nogate")
+# ica+calibrated: ICA's instruction + the calibrated push, both only where the gate opens
+CALIBRATED_SETTINGS = ("calibrated", "ica+calibrated")  # strength 1 = the calibrated push
+PACK_SETTINGS = (*CALIBRATED_SETTINGS, "caa", "conva", "conva-nogate")  # need a pack
 LETTER_PREFIX = "("
 UNSTEERED = "-"  # the steered-value slot of the unsteered scores
 CHOICES_RUN = OutputKind("conva-mlx choices run", "choices-run.json", ())
@@ -90,7 +92,7 @@ class MethodSetting:
     def label(self) -> str:
         if self.strength is None:
             return self.method
-        if self.method in ("caa", "calibrated"):
+        if self.method == "caa" or self.method in CALIBRATED_SETTINGS:
             return f"{self.method} x{self.strength:g}"
         return f"{self.method} P0 {self.strength:g}"
 
@@ -104,9 +106,10 @@ class MethodSetting:
         if self.method == "caa":
             return SteerConfig([Target(value)], method="caa",
                                caa_coef=1.0 if self.strength is None else self.strength)
-        if self.method == "calibrated":
+        if self.method in CALIBRATED_SETTINGS:
             return SteerConfig([Target(value)], method="calibrated",
-                               strength=1.0 if self.strength is None else self.strength)
+                               strength=1.0 if self.strength is None else self.strength,
+                               instruct=self.method == "ica+calibrated")
         return SteerConfig([Target(value, self.strength)], method="conva",
                            gate=self.method == "conva", mode=mode or "prompt")
 
@@ -116,7 +119,7 @@ def _check_strength(method: str, strength: float) -> None:
         raise ConvaError(f"method {method} takes no strength")
     if method == "caa" and not (np.isfinite(strength) and strength > 0):
         raise ConvaError(f"CAA's strength is a coefficient > 0, got {strength:g}")
-    if method == "calibrated" and not 0 < strength <= MAX_STRENGTH:
+    if method in CALIBRATED_SETTINGS and not 0 < strength <= MAX_STRENGTH:
         raise ConvaError(f"the calibrated method's strength is in (0, {MAX_STRENGTH:g}] "
                          f"(1 = the calibrated push), got {strength:g}")
     if method.startswith("conva"):

@@ -15,6 +15,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from conva_mlx.evaluation.choices import CALIBRATED_SETTINGS
 from conva_mlx.models.layers import hooked_blocks
 from conva_mlx.packs.pack import Pack
 from conva_mlx.steering import SteerConfig, SteeringSession
@@ -44,7 +45,7 @@ def hidden_norms(session: SteeringSession, prompts: list[str]) -> np.ndarray:
 
 def steered_blocks(pack: Pack, method: str, value: str) -> list[int]:
     """The blocks a setting pushes for `value` (calibrated: where the engine adds it)."""
-    if method == "calibrated":
+    if method in CALIBRATED_SETTINGS:
         return sorted(calibrated_blocks(pack, SteerConfig([value], method="calibrated"), value))
     return list(pack.value(value).layers)
 

@@ -14,6 +14,8 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "none": {"method": "none"},
     "ica": {"method": "ica"},
     "calibrated": {"method": "calibrated", "gate": True},
+    # ICA's instruction + the calibrated push, both only where the gate opens (--instruct)
+    "ica+calibrated": {"method": "calibrated", "gate": True, "instruct": True},
     "caa": {"method": "caa"},
     "conva": {"method": "conva", "gate": True},
     "conva-nogate": {"method": "conva", "gate": False},
@@ -21,22 +23,25 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 }
 EVAL_METHODS: tuple[str, ...] = tuple(METHOD_SETTINGS)
 # The methods whose general ability (value-unrelated multiple choice) is measured.
-GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva", "calibrated")
+GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva", "calibrated",
+                                     "ica+calibrated")
 
 
 def steer_config(method: str, value: str, negative_prompt: bool = False,
                  p0: float | None = None, caa_coef: float = 1.0, mode: Mode | None = None,
-                 direction: Direction | None = None, positions: Positions | None = None
-                 ) -> SteerConfig:
+                 direction: Direction | None = None, positions: Positions | None = None,
+                 strength: float = 1.0) -> SteerConfig:
     """Settings of one evaluation method; p0 None = the pack's default for the value.
     `mode` and `direction` apply to the ConVA methods (None = prompt mode, the pack's
-    recipe direction)."""
+    recipe direction), `strength` to the calibrated ones (1 = the calibrated push)."""
     if method not in METHOD_SETTINGS:
         raise ConvaError(f"unknown method '{method}' (choose from {', '.join(EVAL_METHODS)})")
     settings = dict(METHOD_SETTINGS[method])
     if settings["method"] == "conva":
         settings.update(mode=mode or "prompt", direction=direction,
                         positions=positions or "all")
+    if settings["method"] == "calibrated":
+        settings["strength"] = strength
     return SteerConfig(targets=[Target(value, p0)], negative_prompt=negative_prompt,
                        caa_coef=caa_coef, **settings)
 

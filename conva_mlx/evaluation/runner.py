@@ -4,7 +4,7 @@ Stages (`stages.py`), each resumable (records are appended with flush + fsync; a
 what is done):
 1. generations  -> DIR/generations.jsonl, keyed by (method, value, prompt id, negative flag)
 2. judgements   -> DIR/judgements.jsonl, keyed by the generation key and the judge's name
-3. general ability (MCQs; none / conva-nogate / conva / calibrated) -> DIR/mcq.jsonl
+3. general ability (MCQs; GENERAL_METHODS) -> DIR/mcq.jsonl
 4. metrics      -> DIR/results.json, DIR/results.md, DIR/csr.png
                    (with --negative-prompt: results-neg.json, results-neg.md, csr-neg.png)
 Test prompts: the even-numbered ("test") half of each value's dilemmas (the gate threshold
@@ -14,6 +14,7 @@ was calibrated on the odd half), or a JSONL file of {"value", "prompt"[, "id"]} 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.items import load_items
@@ -49,11 +50,16 @@ def check_run_dir(out: Path) -> Path:
     return check_output_dir(out, EVAL_RUN, force=True)
 
 
+# Settings added after runs were made: what those runs used.
+LEGACY_SETTINGS: dict[str, Any] = {"strength": 1.0, "repetition_penalty": 1.0}
+
+
 def check_run_settings(ctx: EvalContext, opts: EvalOptions) -> None:
     """Refuse to mix generations made with other settings into one output directory."""
     want = generation_settings(ctx, opts)
     have = saved_settings(ctx.out / "run.json", want)
     if have is not None:
+        have = {**LEGACY_SETTINGS, **have}
         diff = [f"{k}={have.get(k)!r} (now {v!r})" for k, v in want.items()
                 if have.get(k) != v]
         if diff:
@@ -106,7 +112,9 @@ def run_eval(ctx: EvalContext, opts: EvalOptions) -> EvalResults:
         prompts=_prompts_label(opts),
         recipe=ctx.pack.recipe.to_json(),
         settings={"max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
-                  "p0": opts.p0, "caa_coef": opts.caa_coef, "mode": opts.mode or "prompt",
+                  "repetition_penalty": opts.repetition_penalty,
+                  "p0": opts.p0, "caa_coef": opts.caa_coef, "strength": opts.strength,
+                  "mode": opts.mode or "prompt",
                   "direction": opts.direction or ctx.pack.recipe.direction,
                   "positions": opts.positions or "all", "split": opts.split, "n": opts.n,
                   "negative_prompt": opts.negative_prompt, "methods": opts.methods},

@@ -16,7 +16,7 @@ from conva_mlx.evaluation.methods import EVAL_METHODS, steer_config
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.recipe import Direction, check_p0
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
-from conva_mlx.steering.config import Mode, Positions
+from conva_mlx.steering.config import MAX_STRENGTH, Mode, Positions
 
 
 @dataclass
@@ -29,9 +29,11 @@ class EvalOptions:
     max_tokens: int = 64
     p0: float | None = None  # ConVA strength for every value; None = the pack's defaults
     caa_coef: float = 1.0  # CAA strength (multiplies the mean-difference vectors)
+    strength: float = 1.0  # the calibrated methods' strength (1 = the calibrated push)
     batch_size: int = 16  # prompts decoded together (1 = one at a time)
     temp: float = 0.0
     seed: int | None = None
+    repetition_penalty: float = 1.0  # 1 = off (the chat and the server use 1.2)
     general: bool = True
     mcq_n: int | None = None
     show_progress: bool = True
@@ -51,13 +53,17 @@ class EvalOptions:
             raise ConvaError("--n must be at least 1")
         if self.p0 is not None:
             check_p0(self.p0, "--p0")
+        if not 0 < self.strength <= MAX_STRENGTH:  # also refuses NaN
+            raise ConvaError(f"--strength must be in (0, {MAX_STRENGTH:g}] (1 = the "
+                             f"calibrated push), got {self.strength:g}")
         if self.batch_size < 1:
             raise ConvaError("--batch-size must be at least 1")
         if self.mcq_n is not None and self.mcq_n < 1:
             raise ConvaError("--mcq-n must be at least 1")
 
     def generation(self) -> GenOptions:
-        return GenOptions(max_tokens=self.max_tokens, temp=self.temp, seed=self.seed)
+        return GenOptions(max_tokens=self.max_tokens, temp=self.temp, seed=self.seed,
+                          repetition_penalty=self.repetition_penalty)
 
     def conva_p0(self, pack: Pack, value: str) -> float | None:
         """--p0 if given; under the negative prompt, the recipe's P0 for that setting."""
@@ -70,13 +76,15 @@ class EvalOptions:
     def config(self, method: str, value: str, pack: Pack) -> SteerConfig:
         """The steering of `method` for `value` in the replies."""
         return steer_config(method, value, self.negative_prompt, self.conva_p0(pack, value),
-                            self.caa_coef, self.mode, self.direction, self.positions)
+                            self.caa_coef, self.mode, self.direction, self.positions,
+                            self.strength)
 
     def mcq_config(self, method: str, value: str) -> SteerConfig:
         """The steering of `method` for `value` on general-ability questions (no negative
         prompt, CAA at x1)."""
         return steer_config(method, value, p0=self.p0, mode=self.mode,
-                            direction=self.direction, positions=self.positions)
+                            direction=self.direction, positions=self.positions,
+                            strength=self.strength)
 
 
 @dataclass
@@ -100,5 +108,7 @@ def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     lm = ctx.session.lm
     return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.pack.digest(),
             "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
-            "p0": opts.p0, "caa_coef": opts.caa_coef, "mode": opts.mode,
+            "repetition_penalty": opts.repetition_penalty,
+            "p0": opts.p0, "caa_coef": opts.caa_coef, "strength": opts.strength,
+            "mode": opts.mode,
             "direction": opts.direction, "positions": opts.positions}

@@ -37,7 +37,7 @@ def generate_all(ctx: EvalContext, opts: EvalOptions, items: list[EvalItem]) -> 
                     "negative_prompt": opts.negative_prompt, "prompt": it.prompt,
                     "text": r.text, "generated_tokens": len(r.tokens),
                     "gate": {"used": r.gate.used, "open": r.gate.open, "score": r.gate.score},
-                    "steered": r.steered,
+                    "steered": r.steered, "instruction": r.instruction or None,
                     "delta_norm_mean": round(float(np.mean([x.delta_norm for x in r.layers]))
                                              if r.layers else 0.0, 4),
                     "seconds": round(r.seconds, 3)})

@@ -5,7 +5,9 @@ dose-response along its direction (`direction`: the pack's contrast vectors, or 
 differences) and sizes it per value (`mix`: the value's own direction times the chosen
 coefficient; the format allows weights on other values' directions too). Strength 1 is
 that push; `curve` holds what was measured at each strength, so a level such as "favoured
-on 80% of held-out dilemmas" maps to a strength and back.
+on 80% of held-out dilemmas" maps to a strength and back. `calibrate --instruct` also
+measures the same pushes with ICA's instruction before the question (`instructed`: the
+instruction alone, then the curve), which is what a strength means with `--instruct`.
 
 It lives beside pack.json as calibration.json (written atomically, checked on load). Packs
 of the models conva-mlx ships calibrations for (same model, dataset and recipe) find theirs
@@ -54,19 +56,27 @@ class ValueCalibration:
     unsteered_favoured: float
     curve: list[CurvePoint] = field(default_factory=list)  # sorted by strength, 0 excluded
     n: int = 0  # calibration dilemmas behind the curve
+    # With ICA's instruction before the question: the share the instruction alone gives,
+    # and the pushes' curve with it (None / empty: not measured)
+    instructed_favoured: float | None = None
+    instructed_curve: list[CurvePoint] = field(default_factory=list)
 
-    def effect_at(self, strength: float) -> float:
+    @property
+    def has_instructed(self) -> bool:
+        return self.instructed_favoured is not None and bool(self.instructed_curve)
+
+    def effect_at(self, strength: float, instructed: bool = False) -> float:
         """Expected share of held-out dilemmas favouring the value at `strength`
-        (interpolated along the measured curve; 0 = unsteered)."""
-        xs, ys = self._points()
+        (interpolated along the measured curve; 0 = unsteered, or the instruction alone)."""
+        xs, ys = self._points(instructed)
         return float(np.interp(strength, xs, ys))
 
-    def strength_for(self, effect: float) -> float:
+    def strength_for(self, effect: float, instructed: bool = False) -> float:
         """The smallest strength at which the measured curve (interpolated) reaches
         `effect`; 0 when the model already favours the value that often, the strength of
         the curve's highest point when it never does. `effect_at` of the result is
         `effect` (or that highest share)."""
-        xs, ys = self._points()
+        xs, ys = self._points(instructed)
         if effect <= ys[0]:
             return 0.0
         for x0, x1, y0, y1 in zip(xs[:-1], xs[1:], ys[:-1], ys[1:]):
@@ -74,12 +84,18 @@ class ValueCalibration:
                 return float(x0 + (x1 - x0) * (effect - y0) / (y1 - y0))
         return float(xs[int(np.argmax(ys))])
 
-    def max_effect(self) -> float:
-        return float(max(self._points()[1]))
+    def max_effect(self, instructed: bool = False) -> float:
+        return float(max(self._points(instructed)[1]))
 
-    def _points(self) -> tuple[np.ndarray, np.ndarray]:
-        pts = [(0.0, self.unsteered_favoured)] + [(p.strength, p.favoured)
-                                                  for p in self.curve]
+    def _points(self, instructed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        if instructed:
+            if self.instructed_favoured is None:
+                raise ConvaError("this calibration has no curve with the instruction "
+                                 "(conva-mlx calibrate --instruct)")
+            base, curve = self.instructed_favoured, self.instructed_curve
+        else:
+            base, curve = self.unsteered_favoured, self.curve
+        pts = [(0.0, base)] + [(p.strength, p.favoured) for p in curve]
         pts.sort()
         return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
@@ -108,10 +124,7 @@ class Calibration:
                 "target_shift": self.target_shift, "direction": self.direction,
                 "blocks": self.blocks,
                 "split": self.split,
-                "values": {v: {"mix": {k: round(w, 6) for k, w in c.mix.items()},
-                               "unsteered_favoured": round(c.unsteered_favoured, 4),
-                               "n": c.n, "curve": [p.as_dict() for p in c.curve]}
-                           for v, c in self.values.items()},
+                "values": {v: _value_json(c) for v, c in self.values.items()},
                 "notes": self.notes}
 
     @classmethod
@@ -130,20 +143,13 @@ class Calibration:
             v = vals.sub(name)
             mix_f = v.sub("mix")
             mix = {check_value_name(k, mix_f.where): mix_f.number(k) for k in mix_f.obj}
-            curve_raw = v.obj.get("curve", [])
-            if not isinstance(curve_raw, list):
-                raise ConvaError(f"{v.where}: 'curve' must be a list")
-            curve = []
-            for i, p in enumerate(curve_raw):
-                pf = Fields(p, f"{v.where} (curve {i})")
-                s = pf.number("strength")
-                if not 0 < s <= MAX_STRENGTH:
-                    raise ConvaError(f"{pf.where}: 'strength' must be in (0, {MAX_STRENGTH}]")
-                curve.append(CurvePoint(s, pf.number("shift"), _share(pf, "favoured"),
-                                        pf.number("fluency")))
-            values[name] = ValueCalibration(mix, _share(v, "unsteered_favoured"),
-                                            sorted(curve, key=lambda p: p.strength),
-                                            v.integer("n", 0) if v.has("n") else 0)
+            cal = ValueCalibration(mix, _share(v, "unsteered_favoured"), _curve(v),
+                                   v.integer("n", 0) if v.has("n") else 0)
+            if v.has("instructed"):
+                inst = v.sub("instructed")
+                cal.instructed_favoured = _share(inst, "favoured")
+                cal.instructed_curve = _curve(inst)
+            values[name] = cal
         target = f.number("target_shift")
         if target <= 0:
             raise ConvaError(f"{where}: 'target_shift' must be positive")
@@ -161,6 +167,32 @@ class Calibration:
         return cls(f.string("model_fingerprint"), f.string("dataset_hash", ""),
                    f.string("recipe", ""), target, values, f.string("split", "calibration"),
                    direction, blocks, f.object("notes", {}))
+
+
+def _value_json(c: ValueCalibration) -> dict[str, Any]:
+    out: dict[str, Any] = {"mix": {k: round(w, 6) for k, w in c.mix.items()},
+                           "unsteered_favoured": round(c.unsteered_favoured, 4),
+                           "n": c.n, "curve": [p.as_dict() for p in c.curve]}
+    if c.instructed_favoured is not None:
+        out["instructed"] = {"favoured": round(c.instructed_favoured, 4),
+                             "curve": [p.as_dict() for p in c.instructed_curve]}
+    return out
+
+
+def _curve(f: Fields) -> list[CurvePoint]:
+    """The measured points under `f`'s 'curve', sorted by strength."""
+    raw = f.obj.get("curve", [])
+    if not isinstance(raw, list):
+        raise ConvaError(f"{f.where}: 'curve' must be a list")
+    curve = []
+    for i, p in enumerate(raw):
+        pf = Fields(p, f"{f.where} (curve {i})")
+        s = pf.number("strength")
+        if not 0 < s <= MAX_STRENGTH:
+            raise ConvaError(f"{pf.where}: 'strength' must be in (0, {MAX_STRENGTH}]")
+        curve.append(CurvePoint(s, pf.number("shift"), _share(pf, "favoured"),
+                                pf.number("fluency")))
+    return sorted(curve, key=lambda p: p.strength)
 
 
 def _share(f: Fields, key: str) -> float:

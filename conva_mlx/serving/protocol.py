@@ -17,6 +17,7 @@ from conva_mlx.packs.pack import Pack
 from conva_mlx.steering.config import (
     CHAT_SAMPLING,
     DEFAULT_METHOD,
+    GATED_METHODS,
     MAX_REPETITION_PENALTY,
     METHODS,
     MODES,
@@ -55,11 +56,18 @@ class Defaults:
 
     targets: list[Target] = field(default_factory=list)
     method: str = DEFAULT_METHOD
+    strength: float = 1.0  # the calibrated push's strength for requests that give none
+    instruct: bool = False  # ICA's instruction with the gated push (`serve --instruct`)
 
     def config(self) -> SteerConfig:
         if not self.targets:
             return SteerConfig(method="none")
-        return SteerConfig(list(self.targets), method=self.method)  # type: ignore[arg-type]
+        return SteerConfig(list(self.targets), method=self.method,  # type: ignore[arg-type]
+                           strength=self.strength, instruct=self.instruct)
+
+    def instructs(self, method: str) -> bool:
+        """Whether a request naming `method` and not `instruct` gets the instruction."""
+        return self.instruct and method in GATED_METHODS
 
 
 @dataclass
@@ -263,11 +271,11 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
     if mode not in MODES:
         raise RequestError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})",
                            param="steering.mode")
-    strength = spec.get("strength", 1.0)
+    strength = spec.get("strength", defaults.strength)
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise RequestError("'steering.strength' must be a number (1 = the calibrated push)",
                            param="steering.strength")
-    gate, instruct = spec.get("gate", True), spec.get("instruct", False)
+    gate, instruct = spec.get("gate", True), spec.get("instruct", defaults.instructs(method))
     for key, flag in (("gate", gate), ("instruct", instruct)):
         if not isinstance(flag, bool):
             raise RequestError(f"'steering.{key}' must be true or false",
@@ -406,5 +414,6 @@ def steering_info(pack: Pack | None, defaults: Defaults) -> dict[str, Any]:
         "calibration": None if pack is None or pack.calibration is None
         else pack.calibration_source,
         "defaults": {"values": {t.value: t.p0 for t in defaults.targets},
-                     "method": defaults.method if defaults.targets else "none"},
+                     "method": defaults.method if defaults.targets else "none",
+                     "strength": defaults.strength, "instruct": defaults.instruct},
         "methods": list(METHODS), "modes": list(MODES)}

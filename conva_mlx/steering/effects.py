@@ -12,16 +12,16 @@ def expected_effects(pack: Pack | None, cfg: SteerConfig, targets: list[Target]
                      ) -> list[ExpectedEffect]:
     """The calibrated method's expected effect per value steered toward (none for other
     methods, values steered away from, a pack without a calibration, or with the
-    instruction: the calibration measured the push alone)."""
-    if (pack is None or pack.calibration is None or cfg.method != "calibrated"
-            or cfg.instruct):
+    instruction where the calibration measured the push alone)."""
+    if pack is None or pack.calibration is None or cfg.method != "calibrated":
         return []
     out = []
     for t in targets:
         cal = pack.calibration.value(t.value)
-        if cal is None or t.away:
+        if cal is None or t.away or (cfg.instruct and not cal.has_instructed):
             continue
         s = calibrated_strength(pack, cfg, t)
-        out.append(ExpectedEffect(t.value, s, cal.effect_at(s), cal.unsteered_favoured,
-                                  cal.max_effect()))
+        base = cal.unsteered_favoured
+        out.append(ExpectedEffect(t.value, s, cal.effect_at(s, cfg.instruct), base,
+                                  cal.max_effect(cfg.instruct), cfg.instruct))
     return out

@@ -119,7 +119,8 @@ def calibrated_strength(pack: Pack, cfg: SteerConfig, target: Target) -> float:
     cal = pack.calibration.value(target.value) if pack.calibration is not None else None
     if target.p0 is None or cal is None:
         return cfg.strength
-    return cal.strength_for(target.p0)
+    # with the instruction, the curve measured with it (the push alone's where none was)
+    return cal.strength_for(target.p0, cfg.instruct and cal.has_instructed)
 
 
 def calibrated_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]

@@ -47,15 +47,17 @@ class ExpectedEffect:
     favoured: float
     unsteered: float
     max_favoured: float  # the most the measured curve reaches
+    instructed: bool = False  # measured with ICA's instruction before the question
 
     def as_dict(self) -> dict[str, Any]:
         return {"value": self.value, "strength": round(self.strength, 4),
                 "favoured": round(self.favoured, 4), "unsteered": round(self.unsteered, 4),
-                "max_favoured": round(self.max_favoured, 4)}
+                "max_favoured": round(self.max_favoured, 4), "instructed": self.instructed}
 
     def sentence(self) -> str:
+        how = " with the instruction" if self.instructed else ""
         return (f"{self.value}: favoured on {self.favoured:.0%} of held-out dilemmas "
-                f"(unsteered {self.unsteered:.0%}) at strength {self.strength:.2g}")
+                f"(unsteered {self.unsteered:.0%}) at strength {self.strength:.2g}{how}")
 
 
 @dataclass
