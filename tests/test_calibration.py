@@ -113,6 +113,8 @@ def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -
     (lambda d: d["values"]["benevolence"]["mix"].update(kindness=1.0), "unknown value"),
     (lambda d: d["values"]["benevolence"].update(instructed={"favoured": 2, "curve": []}),
      "share"),
+    (lambda d: d.update(instruct=True), "'instruct' needs every value's curve"),
+    (lambda d: d.update(instruct="yes"), "'instruct' must be true or false"),
     (lambda d: d.update(target_shift=-1), "target_shift"),
     (lambda d: d.update(direction="probe"), "direction"),
     (lambda d: d.update(format_version=2), "newer than this conva-mlx"),
@@ -189,6 +191,10 @@ def test_the_instructed_curve_reads_and_round_trips(tmp_path: Path) -> None:
     assert [p.as_dict() for p in back.instructed_curve] == \
         [p.as_dict() for p in cal.instructed_curve]
     assert "instructed" not in _calibration({"b": _value_cal()}).to_json()["values"]["b"]
+    both = _calibration({"benevolence": cal})
+    both.instruct = True
+    write_calibration(both, tmp_path, force=True)
+    assert read_calibration(tmp_path / CALIBRATION_JSON).instruct is True
 
 
 def test_an_uncalibrated_pack_pushes_the_value_contrast_vector(small_pack: Pack) -> None:
@@ -283,6 +289,7 @@ def test_calibrate_cli_sizes_each_value_writes_the_pack_and_resumes(
         assert v.has_instructed and len(v.instructed_curve) == 2
         assert [p.strength for p in v.instructed_curve] == [p.strength for p in v.curve]
     assert "With ICA's instruction" in (out / "calibration.md").read_text()
+    assert again_cal.instruct and not cal.instruct  # --instruct makes it the pack's default
 
 
 def test_overwriting_a_pack_drops_its_old_calibration_and_a_resave_keeps_it(

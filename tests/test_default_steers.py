@@ -29,8 +29,9 @@ def test_the_default_pack_finds_the_shipped_calibration(full_pack_dir: Path) -> 
     assert DEFAULT_METHOD == "calibrated"
     assert pack.calibration is not None, "no shipped calibration matched the default pack"
     assert pack.calibration_source.startswith("shipped")
+    assert pack.calibration.instruct  # measured with the instruction: instruction + push
     for name, cal in pack.calibration.values.items():
-        assert cal.curve, name
+        assert cal.curve and cal.has_instructed, name
         assert cal.effect_at(1.0) >= cal.unsteered_favoured - 0.05, name
 
 
@@ -44,6 +45,7 @@ def test_the_cli_default_changes_the_reply_when_a_value_is_chosen(full_pack_dir:
     a = json.loads(plain.output[plain.output.index("{"):])
     b = json.loads(steered.output[steered.output.index("{"):])
     assert b["method"] == "calibrated" and b["gate"]["open"]
+    assert b["instruction"].startswith("You have high level of benevolence.")
     assert a["text"] != b["text"]
     (effect,) = b["expected"]
     assert effect["value"] == "benevolence" and effect["strength"] == pytest.approx(1.0)
@@ -56,7 +58,8 @@ def test_an_effect_asks_the_curve_for_its_strength(full_pack_dir: Path,
     pack = load_pack(full_pack_dir)
     session = SteeringSession(default_lm, pack)
     cal = pack.calibration.values["benevolence"]  # type: ignore[union-attr]
-    want = (cal.unsteered_favoured + cal.max_effect()) / 2
+    instructed = pack.calibration.instruct  # type: ignore[union-attr]  # the default's curve
+    want = (cal.effect_at(0.0, instructed) + cal.max_effect(instructed)) / 2
     cfg = SteerConfig([f"benevolence:{max(0.5, want):.3f}"])
     result = session.generate(DILEMMA, cfg, GenOptions(max_tokens=4))
     (effect,) = result.expected
@@ -88,11 +91,14 @@ def test_the_server_default_changes_the_reply_and_says_what_to_expect(
 
     plain, _ = ask({"method": "none"})
     steered, conva = ask({"values": {"benevolence": None}})
+    # the default model's default: ICA's instruction + the calibrated push (gate open)
     assert conva["method"] == "calibrated" and steered != plain
-    assert conva["expected"][0]["value"] == "benevolence" and conva["instruction"] is None
-    instructed, conva = ask({"values": {"benevolence": None}, "instruct": True})
     assert conva["instruction"].startswith("You have high level of benevolence.")
-    assert instructed not in (plain, steered) and conva["expected"] == []
+    (effect,) = conva["expected"]
+    assert effect["value"] == "benevolence" and effect["instructed"] is True
+    alone, conva = ask({"values": {"benevolence": None}, "instruct": False})
+    assert conva["instruction"] is None and conva["expected"][0]["instructed"] is False
+    assert alone not in (plain, steered)
     import urllib.request
     req = urllib.request.Request(full_server + "/steering",
                                  headers={"Authorization": "Bearer k"})

@@ -1,5 +1,6 @@
 """The gated instruction (`instruct`): ICA's instruction joins the calibrated push only where
-the gate opens, on the real default model with its full pack and shipped calibration."""
+the gate opens, on the real default model with its full pack and shipped calibration, which
+was measured with the instruction and makes instruction + push the default."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from conva_mlx.cli.main import cli
 from conva_mlx.errors import ConvaError
 from conva_mlx.models.loading import LoadedModel
 from conva_mlx.packs.pack import load_pack
-from conva_mlx.serving.protocol import Defaults, steering
+from conva_mlx.serving.protocol import Defaults, steering, steering_info
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
 from conva_mlx.steering.config import Target, ica_prefix
 
@@ -22,6 +23,7 @@ DILEMMA = ("Should Maya spend her savings on a trip around the world, or keep th
 UNRELATED = "What is 17 times 23?"
 SHORT = GenOptions(max_tokens=12)
 INSTRUCTED = SteerConfig(["benevolence"], instruct=True)
+PUSH_ALONE = SteerConfig(["benevolence"], instruct=False)
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +37,22 @@ def test_the_instruction_joins_the_push_where_the_gate_opens(session: SteeringSe
     assert got.instruction == ica_prefix("benevolence")
     # the same as writing the instruction by hand and pushing without a gate
     by_hand = session.generate(f"{got.instruction} {DILEMMA}",
-                               SteerConfig(["benevolence"], gate=False), SHORT)
+                               SteerConfig(["benevolence"], gate=False, instruct=False), SHORT)
     assert got.tokens == by_hand.tokens
     assert got.prompt_tokens == by_hand.prompt_tokens
-    push_alone = session.generate(DILEMMA, SteerConfig(["benevolence"]), SHORT)
+    push_alone = session.generate(DILEMMA, PUSH_ALONE, SHORT)
     assert got.tokens != push_alone.tokens
     assert got.prompt_tokens > push_alone.prompt_tokens
-    # the calibration measured the push alone: no promise with the instruction
-    assert push_alone.expected and not got.expected
+    # each promise comes from its own measured curve
+    (alone_effect,), (effect,) = push_alone.expected, got.expected
+    assert not alone_effect.instructed and effect.instructed
+    cal = session.pack.calibration.values["benevolence"]  # type: ignore[union-attr]
+    assert effect.favoured == pytest.approx(cal.effect_at(1.0, instructed=True))
+    assert alone_effect.favoured == pytest.approx(cal.effect_at(1.0))
     assert "with the instruction" in got.summary()
+    # the default (no `instruct` given) is the pack's: instruction + push
+    default = session.generate(DILEMMA, SteerConfig(["benevolence"]), SHORT)
+    assert default.tokens == got.tokens and default.instruction == got.instruction
 
 
 def test_a_closed_gate_adds_neither_the_instruction_nor_the_push(
@@ -68,10 +77,9 @@ def test_scores_read_the_instructed_prompt(session: SteeringSession) -> None:
     reply = " I would help my brother."
     got = session.loglik(DILEMMA, reply, INSTRUCTED)
     by_hand = session.loglik(f"{ica_prefix('benevolence')} {DILEMMA}", reply,
-                             SteerConfig(["benevolence"], gate=False))
+                             SteerConfig(["benevolence"], gate=False, instruct=False))
     assert got == pytest.approx(by_hand, abs=1e-3)
-    assert got != pytest.approx(session.loglik(DILEMMA, reply, SteerConfig(["benevolence"])),
-                                abs=1e-3)
+    assert got != pytest.approx(session.loglik(DILEMMA, reply, PUSH_ALONE), abs=1e-3)
 
 
 def test_the_instruction_goes_with_a_gated_push_only() -> None:
@@ -87,7 +95,13 @@ def test_the_cli_reports_the_instruction(full_pack_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.output[result.output.index("{"):])
     assert out["instruction"].startswith("You have high level of benevolence.")
-    assert out["expected"] == []
+    assert [e["instructed"] for e in out["expected"]] == [True]
+    alone = CliRunner().invoke(cli, ["generate", "--pack", str(full_pack_dir), "--value",
+                                     "benevolence", "--no-instruct", "--max-tokens", "4",
+                                     "--json", DILEMMA])
+    assert alone.exit_code == 0, alone.output
+    out = json.loads(alone.output[alone.output.index("{"):])
+    assert out["instruction"] is None and not out["expected"][0]["instructed"]
     bad = CliRunner().invoke(cli, ["generate", "--pack", str(full_pack_dir), "--value",
                                    "benevolence", "--method", "caa", "--instruct", DILEMMA])
     assert bad.exit_code != 0 and "gated push" in bad.output
@@ -103,7 +117,10 @@ def test_serve_instruct_sets_the_default_of_gated_requests_only() -> None:
     for method in ("caa", "ica", "none"):  # the instruction goes with a gated push only
         assert not steering({"steering": {"values": {"power": None}, "method": method}},
                             defaults).instruct
-    assert not steering({"steering": {"values": {"power": None}}}, Defaults()).instruct
+    # no --instruct / --no-instruct: the request leaves it to the pack's default
+    assert steering({"steering": {"values": {"power": None}}}, Defaults()).instruct is None
+    assert steering({"steering": {"values": {"power": None}}},
+                    Defaults(instruct=False)).instruct is False
     served = Defaults([Target("power")], strength=0.5, instruct=True).config()
     assert (served.instruct, served.strength) == (True, 0.5)
 
@@ -124,3 +141,21 @@ def test_an_eval_run_generates_with_the_instruction(session: SteeringSession,
                                                        instruct=True),
                             GenOptions(max_tokens=6, repetition_penalty=1.2))
     assert rec["text"] == want.text and rec["method"] == "ica+calibrated"
+
+
+def test_get_steering_shows_the_expected_effect_at_the_server_defaults(
+        session: SteeringSession) -> None:
+    pack = session.pack
+    assert pack is not None and pack.calibration is not None
+    cal = pack.calibration.value("benevolence")
+    assert cal is not None and cal.has_instructed  # the shipped calibration measured both
+    half = steering_info(pack, Defaults(strength=0.5, instruct=False))
+    assert half["defaults"]["strength"] == 0.5 and half["defaults"]["instruct"] is False
+    assert steering_info(pack, Defaults())["defaults"]["instruct"] is True  # the pack's
+    got = half["values"]["benevolence"]["expected"]
+    assert got["strength"] == 0.5 and got["instructed"] is False
+    assert got["favoured"] == pytest.approx(cal.effect_at(0.5), abs=1e-4)
+    got = steering_info(pack, Defaults(strength=0.5, instruct=True))["values"]["benevolence"]
+    assert got["expected"]["instructed"] is True
+    assert got["expected"]["favoured"] == pytest.approx(cal.effect_at(0.5, True), abs=1e-4)
+    assert got["expected_text"].endswith("with the instruction")

@@ -191,9 +191,12 @@ class ChatApp(App[None]):
                 remember_pack(self.state_dir, self.lm.fingerprint, path)
             except OSError as exc:
                 self.notify(f"could not remember the pack: {exc}", severity="warning")
-        if pack.calibration is not None:
-            self.settings.use_levels({v: c.effect_at(1.0)
-                                      for v, c in pack.calibration.values.items()})
+        # the pack's default: instruction + push where its calibration was measured with it
+        cal = pack.calibration
+        self.settings.instruct = cal is not None and cal.instruct
+        if cal is not None:
+            self.settings.use_levels({v: c.effect_at(1.0, cal.instruct)
+                                      for v, c in cal.values.items()})
         for name, setting in self.settings.values.items():
             if name not in pack.values:
                 setting.stance = "off"

@@ -53,7 +53,8 @@ class ChatSettings:
     values: dict[str, ValueSetting] = field(
         default_factory=lambda: {v: ValueSetting() for v in VALUE_NAMES})
     gate: bool = True
-    # ICA's instruction before the message too, where the gate opens (generate --instruct)
+    # ICA's instruction before the message too, where the gate opens (generate --instruct);
+    # the app sets the pack's default when it opens a pack
     instruct: bool = False
     mode: Literal["prompt", "token"] = "prompt"
     compare: bool = False
@@ -103,6 +104,6 @@ class ChatSettings:
             setting.stance = stance if stance in STANCES else "off"
             setting.p0 = clamp_p0(float(raw.get("p0", DEFAULT_P0)))
         self.gate = bool(data.get("gate", self.gate))
-        self.instruct = bool(data.get("instruct", False))  # older presets: off
+        self.instruct = bool(data.get("instruct", self.instruct))  # older presets: as is
         mode = data.get("mode", self.mode)
         self.mode = mode if mode in ("prompt", "token") else "prompt"

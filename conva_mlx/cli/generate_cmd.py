@@ -11,7 +11,7 @@ from conva_mlx.cli.options import check_text, model_option
 from conva_mlx.cli.packs import model_and_pack
 from conva_mlx.errors import ConvaError
 from conva_mlx.steering import METHODS, MODES, GenOptions, SteerConfig, SteeringSession, Target
-from conva_mlx.steering.config import DEFAULT_METHOD
+from conva_mlx.steering.config import CHAT_SAMPLING, DEFAULT_METHOD
 from conva_mlx.steering.engine import PACK_METHODS
 
 
@@ -41,23 +41,26 @@ from conva_mlx.steering.engine import PACK_METHODS
               default="controlled", show_default=True,
               help="uncontrolled: probes from the uncontrolled pairs (the ablation).")
 @click.option("--caa-coef", type=float, default=1.0, show_default=True)
-@click.option("--instruct", is_flag=True,
+@click.option("--instruct/--no-instruct", default=None,
               help="calibrated/conva: also put ICA's instruction ('You have high level of "
-                   "{value}...') before the question, only where the gate opens.")
+                   "{value}...') before the question, only where the gate opens. Default: "
+                   "the pack's (on for the calibrated method where its calibration was "
+                   "measured with the instruction, as for the default model).")
 @click.option("--negative-prompt", is_flag=True,
               help="Prepend 'You have low level of {value}...' to the message.")
 @click.option("--max-tokens", type=int, default=200, show_default=True)
 @click.option("--temp", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=None)
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
-              help="> 1 makes recently generated tokens less likely (1 = off; the chat and "
-                   "the server default to 1.2).")
+@click.option("--repetition-penalty", type=float,
+              default=CHAT_SAMPLING.repetition_penalty, show_default=True,
+              help="> 1 makes recently generated tokens less likely (1 = off). The default "
+                   "is the chat's and the server's, the decoding the default was read in.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.argument("prompt")
 def generate(pack_spec: str | None, model_spec: str, dtype: str, values: tuple[str, ...],
              aways: tuple[str, ...], mode: str, no_gate: bool, method: str, strength: float,
              effect: float | None, probes: str,
-             caa_coef: float, instruct: bool, negative_prompt: bool, max_tokens: int,
+             caa_coef: float, instruct: bool | None, negative_prompt: bool, max_tokens: int,
              temp: float,
              seed: int | None, repetition_penalty: float, as_json: bool, prompt: str
              ) -> None:

@@ -31,10 +31,10 @@ from conva_mlx.steering.session import SteeringSession
 @click.option("--strength", type=float, default=1.0, show_default=True,
               help="The calibrated push's strength for requests that give none (1 = the "
                    "calibrated push).")
-@click.option("--instruct", is_flag=True,
-              help="Requests with a gated method (calibrated, conva) that do not say "
-                   "'instruct' also get ICA's instruction where the gate opens; "
-                   "'--instruct --strength 0.5' is the setting the readers chose.")
+@click.option("--instruct/--no-instruct", default=None,
+              help="Whether requests with a gated method (calibrated, conva) that do not say "
+                   "'instruct' also get ICA's instruction where the gate opens (default: "
+                   "the pack's, on where its calibration was measured with it).")
 @click.option("--api-key-env", default=None,
               help="Require 'Authorization: Bearer <key>' with the key in this variable.")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True,
@@ -42,7 +42,7 @@ from conva_mlx.steering.session import SteeringSession
 @click.option("--max-tokens-cap", type=click.IntRange(1), default=2048, show_default=True,
               help="The largest max_tokens a request may ask for.")
 def serve(model_spec: str, dtype: str, pack_specs: tuple[str, ...], host: str, port: int,
-          value_specs: tuple[str, ...], strength: float, instruct: bool,
+          value_specs: tuple[str, ...], strength: float, instruct: bool | None,
           api_key_env: str | None, max_batch: int, max_tokens_cap: int) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/steering, /health); requests choose their steering in a `steering` field."""

@@ -12,7 +12,8 @@
    of held-out dilemmas" maps to a strength and back.
 4. With `instruct`: the same pushes with ICA's instruction before the question, and the
    instruction alone (ICA, ungated: the calibration dilemmas are value-laden), so a
-   strength means something with `--instruct` too. The sizes stay the push alone's.
+   strength means something with `--instruct` too. The sizes stay the push alone's, and
+   the pack's default becomes instruction + push.
 
 (A first form aimed each push with the ridge inverse of the 10 x 10 leakage responses; on
 the default model its held-out selectivity was 1.32 at best, four values did not move and
@@ -194,5 +195,6 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
             cal.values[v].instructed_curve = _in_strength_units(
                 _points(store, instructed, v, own), coef)
         cal.notes["reached"][v] = reached
+    cal.instruct = opts.instruct  # measured with the instruction: instruction + push by default
     pack.calibration = cal
     return cal

@@ -13,7 +13,7 @@ from conva_mlx.steering.config import Mode, Positions
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "none": {"method": "none"},
     "ica": {"method": "ica"},
-    "calibrated": {"method": "calibrated", "gate": True},
+    "calibrated": {"method": "calibrated", "gate": True, "instruct": False},  # the push alone
     # ICA's instruction + the calibrated push, both only where the gate opens (--instruct)
     "ica+calibrated": {"method": "calibrated", "gate": True, "instruct": True},
     "caa": {"method": "caa"},

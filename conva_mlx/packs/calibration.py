@@ -7,7 +7,9 @@ coefficient; the format allows weights on other values' directions too). Strengt
 that push; `curve` holds what was measured at each strength, so a level such as "favoured
 on 80% of held-out dilemmas" maps to a strength and back. `calibrate --instruct` also
 measures the same pushes with ICA's instruction before the question (`instructed`: the
-instruction alone, then the curve), which is what a strength means with `--instruct`.
+instruction alone, then the curve), which is what a strength means with `--instruct`, and
+marks instruction + push as the pack's default (`instruct`): blind readers put it ahead of
+the push alone, ICA and CAA on the default model (docs/evaluation.md).
 
 It lives beside pack.json as calibration.json (written atomically, checked on load). Packs
 of the models conva-mlx ships calibrations for (same model, dataset and recipe) find theirs
@@ -113,6 +115,9 @@ class Calibration:
     direction: str = "mean-diff"  # the vectors `mix` weighs: contrast or mean-diff
     blocks: list[int] | None = None  # the blocks every push is added at (None: each value's)
     notes: dict[str, Any] = field(default_factory=dict)  # measured summaries (informational)
+    # The default method also puts ICA's instruction before the question (where the gate
+    # opens) unless a request says otherwise; set by `calibrate --instruct`.
+    instruct: bool = False
 
     def value(self, name: str) -> ValueCalibration | None:
         return self.values.get(name)
@@ -122,7 +127,7 @@ class Calibration:
                 "model_fingerprint": self.model_fingerprint,
                 "dataset_hash": self.dataset_hash, "recipe": self.recipe,
                 "target_shift": self.target_shift, "direction": self.direction,
-                "blocks": self.blocks,
+                "blocks": self.blocks, "instruct": self.instruct,
                 "split": self.split,
                 "values": {v: _value_json(c) for v, c in self.values.items()},
                 "notes": self.notes}
@@ -164,9 +169,15 @@ class Calibration:
                     isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in raw)):
                 raise ConvaError(f"{where}: 'blocks' must be a list of block indices")
             blocks = sorted(set(raw))
+        instruct = f.obj.get("instruct", False)
+        if not isinstance(instruct, bool):
+            raise ConvaError(f"{where}: 'instruct' must be true or false")
+        if instruct and not all(v.has_instructed for v in values.values()):
+            raise ConvaError(f"{where}: 'instruct' needs every value's curve with the "
+                             "instruction ('instructed')")
         return cls(f.string("model_fingerprint"), f.string("dataset_hash", ""),
                    f.string("recipe", ""), target, values, f.string("split", "calibration"),
-                   direction, blocks, f.object("notes", {}))
+                   direction, blocks, f.object("notes", {}), instruct)
 
 
 def _value_json(c: ValueCalibration) -> dict[str, Any]:

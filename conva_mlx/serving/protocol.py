@@ -26,7 +26,7 @@ from conva_mlx.steering.config import (
     Target,
 )
 from conva_mlx.steering.effects import expected_effects
-from conva_mlx.steering.engine import PACK_METHODS
+from conva_mlx.steering.engine import PACK_METHODS, resolve_instruct
 from conva_mlx.steering.reports import GenerationResult
 
 
@@ -57,7 +57,9 @@ class Defaults:
     targets: list[Target] = field(default_factory=list)
     method: str = DEFAULT_METHOD
     strength: float = 1.0  # the calibrated push's strength for requests that give none
-    instruct: bool = False  # ICA's instruction with the gated push (`serve --instruct`)
+    # ICA's instruction with the gated push (`serve --instruct/--no-instruct`); None: the
+    # pack's default
+    instruct: bool | None = None
 
     def config(self) -> SteerConfig:
         if not self.targets:
@@ -65,8 +67,11 @@ class Defaults:
         return SteerConfig(list(self.targets), method=self.method,  # type: ignore[arg-type]
                            strength=self.strength, instruct=self.instruct)
 
-    def instructs(self, method: str) -> bool:
-        """Whether a request naming `method` and not `instruct` gets the instruction."""
+    def instructs(self, method: str) -> bool | None:
+        """Whether a request naming `method` and not `instruct` gets the instruction (None:
+        the pack's default)."""
+        if self.instruct is None:
+            return None
         return self.instruct and method in GATED_METHODS
 
 
@@ -277,7 +282,7 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
                            param="steering.strength")
     gate, instruct = spec.get("gate", True), spec.get("instruct", defaults.instructs(method))
     for key, flag in (("gate", gate), ("instruct", instruct)):
-        if not isinstance(flag, bool):
+        if key in spec and not isinstance(flag, bool):
             raise RequestError(f"'steering.{key}' must be true or false",
                                param=f"steering.{key}")
     targets = (_targets(spec.get("values"), False, "steering.values")
@@ -391,14 +396,18 @@ def model_list(model_name: str) -> dict[str, Any]:
                                         "owned_by": "conva-mlx"}]}
 
 
-def _value_info(pack: Pack, name: str) -> dict[str, Any]:
+def _value_info(pack: Pack, name: str, defaults: Defaults) -> dict[str, Any]:
     """One value in `GET /v1/steering`: its blocks, methods, and what the calibrated
-    method's default strength is expected to do (when the pack is calibrated)."""
+    method is expected to do at the server's default strength (and instruction) when the
+    pack is calibrated."""
     e = pack.value(name)
     info: dict[str, Any] = {
         "default_p0": e.default_p0, "layers": list(e.layers),
         "methods": ["caa"] if e.fixed_scale is not None else list(PACK_METHODS)}
-    effect = expected_effects(pack, SteerConfig([name], method="calibrated"), [Target(name)])
+    cfg = resolve_instruct(pack, SteerConfig([name], method="calibrated",
+                                             strength=defaults.strength,
+                                             instruct=defaults.instruct))
+    effect = expected_effects(pack, cfg, [Target(name)])
     if effect:
         info["expected"] = effect[0].as_dict()
         info["expected_text"] = effect[0].sentence()
@@ -408,12 +417,16 @@ def _value_info(pack: Pack, name: str) -> dict[str, Any]:
 def steering_info(pack: Pack | None, defaults: Defaults) -> dict[str, Any]:
     """`GET /v1/steering`: the values a client can steer, the gate, the defaults."""
     return {
-        "values": {} if pack is None else {n: _value_info(pack, n) for n in pack.values},
+        "values": {} if pack is None else {n: _value_info(pack, n, defaults)
+                                           for n in pack.values},
         "gate": None if pack is None or pack.gate is None else {
             "layer": pack.gate.layer, "threshold": pack.gate.threshold},
         "calibration": None if pack is None or pack.calibration is None
         else pack.calibration_source,
         "defaults": {"values": {t.value: t.p0 for t in defaults.targets},
                      "method": defaults.method if defaults.targets else "none",
-                     "strength": defaults.strength, "instruct": defaults.instruct},
+                     "strength": defaults.strength,
+                     "instruct": resolve_instruct(pack, SteerConfig(
+                         method=defaults.method,  # type: ignore[arg-type]
+                         instruct=defaults.instruct)).instruct},
         "methods": list(METHODS), "modes": list(MODES)}

@@ -81,7 +81,8 @@ class SteerConfig:
     strength: float  # calibrated: 1 = the calibrated push (a target's level overrides it)
     # Also put ICA's instruction before the question, only where the gate opens (the
     # readers found instruction + push ahead of either alone; the instrument cannot see it).
-    instruct: bool
+    # None: the pack's default (its calibration's `instruct`, for the calibrated method).
+    instruct: bool | None
 
     def __init__(self, targets: TargetSpec | Sequence[TargetSpec] = (),
                  method: Method = DEFAULT_METHOD,
@@ -89,7 +90,7 @@ class SteerConfig:
                  caa_coef: float = 1.0, negative_prompt: bool = False,
                  layers: list[int] | None = None, direction: Direction | None = None,
                  positions: Positions = "all", strength: float = 1.0,
-                 instruct: bool = False) -> None:
+                 instruct: bool | None = None) -> None:
         self.targets = parse_targets(targets)
         self.method, self.mode, self.gate, self.probes = method, mode, gate, probes
         self.caa_coef, self.negative_prompt, self.layers = caa_coef, negative_prompt, layers

@@ -75,8 +75,9 @@ def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec,
         raise ConvaError(f"steered() runs {', '.join(PACK_METHODS)} (ica is a prompt "
                          f"prefix: see ica_prefix); got '{method}'")
     use_gate = method in GATED_METHODS and (prompt is not None if gate is None else gate)
+    # the instruction is part of the prompt the loop writes: steered() only pushes
     cfg = SteerConfig(list(targets), method=method, mode=mode, gate=use_gate,
-                      caa_coef=caa_coef, strength=strength)
+                      caa_coef=caa_coef, strength=strength, instruct=False)
     if not cfg.targets:
         raise ConvaError("steered() needs at least one value, e.g. 'benevolence'")
     pack.check_model(lm.model_id, lm.fingerprint)

@@ -15,13 +15,13 @@ def expected_effects(pack: Pack | None, cfg: SteerConfig, targets: list[Target]
     instruction where the calibration measured the push alone)."""
     if pack is None or pack.calibration is None or cfg.method != "calibrated":
         return []
+    instructed = bool(cfg.instruct)
     out = []
     for t in targets:
         cal = pack.calibration.value(t.value)
-        if cal is None or t.away or (cfg.instruct and not cal.has_instructed):
+        if cal is None or t.away or (instructed and not cal.has_instructed):
             continue
         s = calibrated_strength(pack, cfg, t)
-        base = cal.unsteered_favoured
-        out.append(ExpectedEffect(t.value, s, cal.effect_at(s, cfg.instruct), base,
-                                  cal.max_effect(cfg.instruct), cfg.instruct))
+        out.append(ExpectedEffect(t.value, s, cal.effect_at(s, instructed), cal.unsteered_favoured,
+                                  cal.max_effect(instructed), instructed))
     return out

@@ -19,6 +19,7 @@ Decoding a small model on a CPU is memory-bound, so B rows cost little more than
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,17 @@ class Prefilled:
     def row_reports(self, i: int = 0) -> list[LayerReport]:
         """Row i's per-block reports so far (token mode: from its running statistics)."""
         return reports_so_far(self.token_stats, self.reports[i])
+
+
+def resolve_instruct(pack: Pack | None, cfg: SteerConfig) -> SteerConfig:
+    """`cfg` with `instruct` decided: as given, else the pack's default (instruction +
+    push for the calibrated method where its calibration says so, `calibrate --instruct`)."""
+    if cfg.instruct is not None:
+        return cfg
+    out = copy.copy(cfg)
+    out.instruct = (cfg.method == "calibrated" and pack is not None
+                    and pack.calibration is not None and pack.calibration.instruct)
+    return out
 
 
 def check_request(pack: Pack | None, cfg: SteerConfig) -> list[Target]:

@@ -120,7 +120,7 @@ def calibrated_strength(pack: Pack, cfg: SteerConfig, target: Target) -> float:
     if target.p0 is None or cal is None:
         return cfg.strength
     # with the instruction, the curve measured with it (the push alone's where none was)
-    return cal.strength_for(target.p0, cfg.instruct and cal.has_instructed)
+    return cal.strength_for(target.p0, bool(cfg.instruct) and cal.has_instructed)
 
 
 def calibrated_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]
