@@ -89,20 +89,22 @@ def test_the_report_holds_every_figure_with_intervals(audit_dir: Path) -> None:
     assert all(len(a) == 30 for a in enc["accuracy"].values())  # SmolLM2: 30 blocks
     assert -1 <= enc["spearman"] <= 1 and set(enc["mds"]) == set(VALUE_NAMES)
     dose = m["dose"]
-    assert dose["settings"] == ["calibrated x1", "caa x1"] and dose["default"] == "calibrated x1"
+    # the shipped calibration makes ICA's instruction + the push the default model's default
+    assert dose["default"] == "ica+calibrated x1"
+    assert dose["settings"] == ["calibrated x1", "caa x1", "ica+calibrated x1"]
     for v in VALUE_NAMES:
         for s in dose["settings"]:
             row = dose["per_value"][v][s]
             assert row["n"] == N_PER_VALUE and row["delta_over_h"] > 0
     assert len(dose["hidden_norm_by_block"]) == 30
     lk = m["leakage"]
-    assert lk["setting"] == "calibrated x1" and list(lk["rows"]) == list(VALUE_NAMES)
+    assert lk["setting"] == dose["default"] and list(lk["rows"]) == list(VALUE_NAMES)
     for v, row in lk["rows"].items():
         assert list(row["cells"]) == list(VALUE_NAMES)
         for cell in row["cells"].values():
             assert cell["ci"][0] <= cell["shift"] <= cell["ci"][1]
         # the matrix's diagonal is the dose-response's default point (same scores)
-        assert row["target_shift"] == pytest.approx(dose["per_value"][v]["calibrated x1"]
+        assert row["target_shift"] == pytest.approx(dose["per_value"][v][dose["default"]]
                                                     ["shift"], abs=1e-3)
     assert 0 <= lk["target_largest_rows"] <= 10 and set(lk["circumplex"]) == set(VALUE_NAMES)
     gate = m["gate"]

@@ -169,7 +169,7 @@ def test_settings_parse_strengths_and_refuse_bad_ones() -> None:
     cfg = both.config("power")
     assert (cfg.method, cfg.gate, cfg.instruct, cfg.strength) == ("calibrated", True, True, 0.5)
     assert MethodSetting("calibrated", 0.5).config("power").instruct is False
-    with pytest.raises(ConvaError, match="strength is in"):
+    with pytest.raises(ConvaError, match=r"strength must be in \(0, 8\]"):
         parse_settings("ica+calibrated:9")
 
 

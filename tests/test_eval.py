@@ -15,7 +15,7 @@ from conva_mlx.evaluation.items import load_items
 from conva_mlx.evaluation.judges import Judgement, Verdict
 from conva_mlx.evaluation.mcq import mcq_answer, mcq_letter_ids
 from conva_mlx.evaluation.methods import steer_config
-from conva_mlx.evaluation.runner import run_eval
+from conva_mlx.evaluation.runner import check_run_settings, run_eval
 from conva_mlx.evaluation.settings import EvalContext, EvalOptions
 from conva_mlx.evaluation.store import JsonlStore
 from conva_mlx.models.loading import LoadedModel
@@ -173,16 +173,22 @@ def test_an_out_dir_made_with_other_settings_is_refused(session: SteeringSession
     settings = json.loads((tmp_path / "run.json").read_text())
     assert settings["max_tokens"] == 3 and settings["p0"] is None
     assert settings["pack_sha256"] == session.pack.digest()
+    assert settings["repetition_penalty"] == 1.2  # eval decodes as the chat does
     for change in ({"max_tokens": 5}, {"p0": 0.99}, {"strength": 0.5},
-                   {"repetition_penalty": 1.2}):
+                   {"repetition_penalty": 1.0}):
         other = EvalOptions(**{**opts.__dict__, **change})
         with pytest.raises(ConvaError, match="other settings"):
             run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), other)
-    # the same settings resume quietly, also from a run made before `strength` was saved
+    # the same settings resume quietly
     run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
+    # a run made before `strength` and the penalty were saved was made without the penalty:
+    # it resumes with --repetition-penalty 1, and the new default is refused in one line
     del settings["strength"], settings["repetition_penalty"]
     (tmp_path / "run.json").write_text(json.dumps(settings))
-    run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
+    with pytest.raises(ConvaError, match=r"repetition_penalty=1.0 \(now 1.2\)"):
+        run_eval(EvalContext(session, tmp_path, lambda: CountingJudge()), opts)
+    old = EvalOptions(**{**opts.__dict__, "repetition_penalty": 1.0})
+    check_run_settings(EvalContext(session, tmp_path, lambda: CountingJudge()), old)
 
 
 # ----- SteeringSession.next_token_logits ---------------------------------------------------------

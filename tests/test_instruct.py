@@ -49,7 +49,7 @@ def test_the_instruction_joins_the_push_where_the_gate_opens(session: SteeringSe
     cal = session.pack.calibration.values["benevolence"]  # type: ignore[union-attr]
     assert effect.favoured == pytest.approx(cal.effect_at(1.0, instructed=True))
     assert alone_effect.favoured == pytest.approx(cal.effect_at(1.0))
-    assert "with the instruction" in got.summary()
+    assert got.summary().count("with the instruction") == 1  # said once, with the promise
     # the default (no `instruct` given) is the pack's: instruction + push
     default = session.generate(DILEMMA, SteerConfig(["benevolence"]), SHORT)
     assert default.tokens == got.tokens and default.instruction == got.instruction

@@ -26,7 +26,7 @@ from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.recipe import DIRECTIONS, RECIPES, get_recipe
 from conva_mlx.sharing.pack_source import resolve_pack_path
 from conva_mlx.steering import SteeringSession
-from conva_mlx.steering.config import MODES, POSITIONS
+from conva_mlx.steering.config import CHAT_SAMPLING, MODES, POSITIONS
 from conva_mlx.values import parse_values
 
 # The command's options that are EvalOptions fields, passed through by name.
@@ -159,9 +159,10 @@ def print_table(results: EvalResults) -> None:
 @click.option("--batch-size", type=int, default=16, show_default=True,
               help="Prompts decoded together (same method and value); 1 = one at a time.")
 @click.option("--seed", type=int, default=None)
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
-              help="> 1 makes repeated tokens less likely (1 = off; the chat and the server "
-                   "decode with 1.2).")
+@click.option("--repetition-penalty", type=float,
+              default=CHAT_SAMPLING.repetition_penalty, show_default=True,
+              help="> 1 makes repeated tokens less likely (1 = off). The default decodes as "
+                   "the chat, the server and generate do; runs made before it used 1.")
 @click.option("--general/--no-general", default=True, show_default=True,
               help="Multiple-choice general ability for " + ", ".join(GENERAL_METHODS) + ".")
 @click.option("--mcq-n", type=int, default=None, help="At most N multiple-choice questions.")

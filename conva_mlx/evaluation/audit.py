@@ -42,7 +42,6 @@ AUDIT_RUN = OutputKind("conva-mlx audit", "audit-run.json",
                        ("audit-run.json", "report.json", "report.html", "*.png", "scores-*"))
 QUICK_N = 6  # dilemmas per value under --quick
 QUICK_MCQ = 60  # general-ability questions under --quick
-DEFAULT_SETTING = MethodSetting("calibrated", 1.0)  # the product's default push
 DOSE_SETTINGS = "calibrated:0.5,calibrated:1,calibrated:2,caa:0.5,caa:1,caa:2,conva:0.9,conva:0.99"
 # The letter form is used when the model's choice survives swapping the options' order on at
 # least this share of dilemmas (a model that reads position picks "A" both times: ~0).
@@ -117,9 +116,10 @@ def encoding_section(session: SteeringSession) -> dict[str, Any]:
 def dose_section(run: ChoiceRun, items: list[ChoiceItem], opts: AuditOptions
                  ) -> dict[str, Any]:
     """Per value and setting, the own-dilemma shift, fluency and |delta| / |h|."""
+    default = default_setting(_pack(run.session))
     settings = list(opts.dose)
-    if DEFAULT_SETTING.label not in {s.label for s in settings}:
-        settings.append(DEFAULT_SETTING)
+    if default.label not in {s.label for s in settings}:
+        settings.append(default)
     store = score_all(run, _likelihood(items, opts, settings), items)
     pack = _pack(run.session)
     norms = hidden_norms(run.session, [it.prompt for it in items])
@@ -134,7 +134,7 @@ def dose_section(run: ChoiceRun, items: list[ChoiceItem], opts: AuditOptions
             all_rows += rows
         overall[s.label] = {"method": s.method, "strength": s.strength,
                             **dose_row(all_rows, base, pack, norms)}
-    return {"default": DEFAULT_SETTING.label, "settings": [s.label for s in settings],
+    return {"default": default.label, "settings": [s.label for s in settings],
             "overall": overall, "per_value": per_value,
             "hidden_norm_by_block": [round(float(x), 3) for x in norms]}
 
@@ -143,8 +143,9 @@ def leakage_section(run: ChoiceRun, items: list[ChoiceItem], opts: AuditOptions
                     ) -> dict[str, Any]:
     """The default setting's 10 x 10 matrix, and whether the circumplex's prediction holds
     per steered value (its neighbours move more toward it than its opposites)."""
-    store = score_all(run, _likelihood(items, opts, [DEFAULT_SETTING], leakage=True), items)
-    matrix = leakage_matrix(store, "likelihood", DEFAULT_SETTING, items,
+    default = default_setting(_pack(run.session))
+    store = score_all(run, _likelihood(items, opts, [default], leakage=True), items)
+    matrix = leakage_matrix(store, "likelihood", default, items,
                             unsteered_scores(store, "likelihood", items))
     circumplex: dict[str, Any] = {}
     for sv, row in matrix["rows"].items():
@@ -156,7 +157,7 @@ def leakage_section(run: ChoiceRun, items: list[ChoiceItem], opts: AuditOptions
         fm = float(np.mean(far)) if far else float("nan")
         circumplex[sv] = {"neighbours": round(nm, 4), "opposites": round(fm, 4),
                           "holds": bool(nm > fm)}
-    return {"setting": DEFAULT_SETTING.label, **matrix, "circumplex": circumplex,
+    return {"setting": default.label, **matrix, "circumplex": circumplex,
             "circumplex_holds": sum(c["holds"] for c in circumplex.values())}
 
 
@@ -237,6 +238,13 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- helpers
+
+def default_setting(pack: Pack) -> MethodSetting:
+    """The product's default as the instrument names it: the calibrated push, with ICA's
+    instruction before the question where the pack's calibration makes that the default."""
+    instruct = pack.calibration is not None and pack.calibration.instruct
+    return MethodSetting("ica+calibrated" if instruct else "calibrated", 1.0)
+
 
 def order_consistent(score: float, p_a: float) -> bool:
     """Whether a letter record's choice is the same option in both orders. The record keeps

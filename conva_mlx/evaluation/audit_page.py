@@ -181,7 +181,9 @@ def _dose_html(c: Cells, i: int, figs: dict[str, Path]) -> str:
         f"<tr><td>{v}</td>" + "".join(c.num(f"models/{i}/dose/per_value/{v}/{s}/shift", "+.2f")
                                       for s in dose["settings"]) + "</tr>"
         for v in dose["per_value"])
-    return (f"<p>The default is <b>{html.escape(dose['default'])}</b> (the calibrated push, "
+    what = ("ICA's instruction before the question and the calibrated push"
+            if dose["default"].startswith("ica+") else "the calibrated push")
+    return (f"<p>The default is <b>{html.escape(dose['default'])}</b> ({what}, "
             "strength 1, starred). Shift = log p(value action) − log p(competing action), "
             "steered minus unsteered, on each value's own dilemmas; fluency = change of "
             "log p(both actions); the x axis is the push relative to the hidden state.</p>"

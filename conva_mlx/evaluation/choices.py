@@ -33,7 +33,7 @@ from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.probes.recipe import check_p0
 from conva_mlx.progress import progress_bar
 from conva_mlx.steering import SteerConfig, SteeringSession, Target
-from conva_mlx.steering.config import MAX_STRENGTH, Mode
+from conva_mlx.steering.config import Mode, check_calibrated_strength
 from conva_mlx.values import VALUE_NAMES
 
 Form = Literal["likelihood", "letter"]
@@ -119,9 +119,8 @@ def _check_strength(method: str, strength: float) -> None:
         raise ConvaError(f"method {method} takes no strength")
     if method == "caa" and not (np.isfinite(strength) and strength > 0):
         raise ConvaError(f"CAA's strength is a coefficient > 0, got {strength:g}")
-    if method in CALIBRATED_SETTINGS and not 0 < strength <= MAX_STRENGTH:
-        raise ConvaError(f"the calibrated method's strength is in (0, {MAX_STRENGTH:g}] "
-                         f"(1 = the calibrated push), got {strength:g}")
+    if method in CALIBRATED_SETTINGS:
+        check_calibrated_strength(strength, f"{method}'s strength")
     if method.startswith("conva"):
         check_p0(strength, "ConVA's strength P0")
 

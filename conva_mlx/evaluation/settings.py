@@ -16,7 +16,12 @@ from conva_mlx.evaluation.methods import EVAL_METHODS, steer_config
 from conva_mlx.packs.pack import Pack
 from conva_mlx.probes.recipe import Direction, check_p0
 from conva_mlx.steering import GenOptions, SteerConfig, SteeringSession
-from conva_mlx.steering.config import MAX_STRENGTH, Mode, Positions
+from conva_mlx.steering.config import (
+    CHAT_SAMPLING,
+    Mode,
+    Positions,
+    check_calibrated_strength,
+)
 
 
 @dataclass
@@ -33,7 +38,8 @@ class EvalOptions:
     batch_size: int = 16  # prompts decoded together (1 = one at a time)
     temp: float = 0.0
     seed: int | None = None
-    repetition_penalty: float = 1.0  # 1 = off (the chat and the server use 1.2)
+    # decode as the chat and the server do, so eval reads what users get (1 = off)
+    repetition_penalty: float = CHAT_SAMPLING.repetition_penalty
     general: bool = True
     mcq_n: int | None = None
     show_progress: bool = True
@@ -53,9 +59,7 @@ class EvalOptions:
             raise ConvaError("--n must be at least 1")
         if self.p0 is not None:
             check_p0(self.p0, "--p0")
-        if not 0 < self.strength <= MAX_STRENGTH:  # also refuses NaN
-            raise ConvaError(f"--strength must be in (0, {MAX_STRENGTH:g}] (1 = the "
-                             f"calibrated push), got {self.strength:g}")
+        check_calibrated_strength(self.strength)
         if self.batch_size < 1:
             raise ConvaError("--batch-size must be at least 1")
         if self.mcq_n is not None and self.mcq_n < 1:

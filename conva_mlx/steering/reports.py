@@ -106,8 +106,8 @@ class GenerationResult:
                 else "gate n/a")
         if not self.layers:
             return f"{gate} · {self.method}: no change"
-        if self.instruction:
-            gate += " · with the instruction"
+        if self.instruction and not any(e.instructed for e in self.expected):
+            gate += " · with the instruction"  # else the expected effect's sentence says it
         if self.expected:
             return (f"{gate} · {self.method} · {len(self.layers)} layers · "
                     + "; ".join(e.sentence() for e in self.expected))
