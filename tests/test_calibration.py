@@ -99,10 +99,15 @@ def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -
     assert back.values["benevolence"].mix == {"benevolence": 1.0}
     with pytest.raises(ConvaError, match="--force"):
         write_calibration(cal, tmp_path)
+    assert back.strength == 1.0 and cal.to_json()["strength"] == 1.0
+    cal.strength = 0.5
+    write_calibration(cal, tmp_path, force=True)
+    assert read_calibration(path).strength == 0.5
     minimal = cal.to_json()
-    del minimal["format_version"]  # optional: version 1
+    del minimal["format_version"], minimal["strength"]  # optional: version 1, strength 1
     path.write_text(json.dumps(minimal))
     assert read_calibration(path).values.keys() == {"benevolence"}
+    assert read_calibration(path).strength == 1.0
     write_calibration(cal, tmp_path, force=True)
 
 
@@ -115,6 +120,9 @@ def test_calibration_json_round_trips_and_refuses_an_overwrite(tmp_path: Path) -
      "share"),
     (lambda d: d.update(instruct=True), "'instruct' needs every value's curve"),
     (lambda d: d.update(instruct="yes"), "'instruct' must be true or false"),
+    (lambda d: d.update(strength=0), "'strength' \\(the default strength\\) must be in"),
+    (lambda d: d.update(strength=9), "'strength' \\(the default strength\\) must be in"),
+    (lambda d: d.update(strength="half"), "strength"),
     (lambda d: d.update(target_shift=-1), "target_shift"),
     (lambda d: d.update(direction="probe"), "direction"),
     (lambda d: d.update(format_version=2), "newer than this conva-mlx"),
@@ -290,6 +298,17 @@ def test_calibrate_cli_sizes_each_value_writes_the_pack_and_resumes(
         assert [p.strength for p in v.instructed_curve] == [p.strength for p in v.curve]
     assert "With ICA's instruction" in (out / "calibration.md").read_text()
     assert again_cal.instruct and not cal.instruct  # --instruct makes it the pack's default
+    assert again_cal.strength == cal.strength == 1.0
+    # the strength readers chose is recorded without scoring anything again
+    half = CliRunner().invoke(cli, [*args, "--force", "--instruct", "--default-strength", "0.5"])
+    assert half.exit_code == 0, half.output
+    assert (out / "choices.jsonl").read_text().count("\n") == scored + 2 * 4 * 3
+    half_cal = load_pack(pack_dir).calibration
+    assert half_cal is not None and half_cal.strength == 0.5 and half_cal.instruct
+    assert "Default: ICA's instruction + the push at strength 0.5." in \
+        (out / "calibration.md").read_text()
+    bad = CliRunner().invoke(cli, [*args, "--force", "--default-strength", "0"])
+    assert bad.exit_code != 0 and "default strength must be in (0, 8]" in bad.output
 
 
 def test_overwriting_a_pack_drops_its_old_calibration_and_a_resave_keeps_it(

@@ -159,3 +159,32 @@ def test_get_steering_shows_the_expected_effect_at_the_server_defaults(
     assert got["expected"]["instructed"] is True
     assert got["expected"]["favoured"] == pytest.approx(cal.effect_at(0.5, True), abs=1e-4)
     assert got["expected_text"].endswith("with the instruction")
+
+
+def test_a_request_without_a_strength_gets_the_calibrations_default(
+        session: SteeringSession) -> None:
+    # Qwen2.5-0.5B's calibration records the size blind readers chose (0.5 with the
+    # instruction); here the default model's calibration is given that default for a while
+    pack = session.pack
+    assert pack is not None and pack.calibration is not None
+    assert pack.calibration.strength == 1.0  # the default model's readers chose x1
+    full = session.generate(DILEMMA, SteerConfig(["benevolence"]), SHORT)
+    pack.calibration.strength = 0.5
+    try:
+        default = session.generate(DILEMMA, SteerConfig(["benevolence"]), SHORT)
+        half = session.generate(DILEMMA, SteerConfig(["benevolence"], strength=0.5), SHORT)
+        assert default.tokens == half.tokens and default.instruction == half.instruction
+        assert default.tokens != full.tokens  # an explicit strength 1 is the full push
+        assert session.generate(DILEMMA, SteerConfig(["benevolence"], strength=1.0),
+                                SHORT).tokens == full.tokens
+        (effect,) = default.expected
+        assert effect.strength == 0.5 and effect.instructed
+        info = steering_info(pack, Defaults())
+        assert info["defaults"]["strength"] == 0.5 and info["defaults"]["instruct"] is True
+        assert info["values"]["benevolence"]["expected"]["strength"] == 0.5
+        assert steering_info(pack, Defaults(strength=1.0))["defaults"]["strength"] == 1.0
+        from conva_mlx.evaluation.audit import default_setting
+
+        assert default_setting(pack).label == "ica+calibrated x0.5"
+    finally:
+        pack.calibration.strength = 1.0

@@ -195,7 +195,7 @@ class ChatApp(App[None]):
         cal = pack.calibration
         self.settings.instruct = cal is not None and cal.instruct
         if cal is not None:
-            self.settings.use_levels({v: c.effect_at(1.0, cal.instruct)
+            self.settings.use_levels({v: c.effect_at(cal.strength, cal.instruct)
                                       for v, c in cal.values.items()})
         for name, setting in self.settings.values.items():
             if name not in pack.values:

@@ -74,7 +74,7 @@ class ChatSettings:
                            gate=self.gate, instruct=self.instruct)
 
     def use_levels(self, levels: dict[str, float]) -> None:
-        """Start each value at the level its calibration expects at strength 1."""
+        """Start each value at the level its calibration expects at its default strength."""
         for name, level in levels.items():
             if name in self.values:
                 self.values[name].p0 = clamp_p0(level)

@@ -39,6 +39,8 @@ def _table(cal_json: dict[str, Any]) -> str:
         lines += ["", "With ICA's instruction before the question (calibrate --instruct): the "
                   "share with the instruction alone, then the same pushes with it.", "",
                   "| value | instruction alone | curve |", "|---|---|---|", *instructed]
+    how = "ICA's instruction + the push" if cal_json.get("instruct") else "the push alone"
+    lines += ["", f"Default: {how} at strength {cal_json.get('strength', 1.0):g}."]
     return "\n".join(lines)
 
 
@@ -66,6 +68,10 @@ def _curve(points: list[dict[str, float]]) -> str:
 @click.option("--instruct", is_flag=True,
               help="Also measure each push with ICA's instruction before the question, so "
                    "that `generate --instruct` shows an expected effect too.")
+@click.option("--default-strength", type=float, default=1.0, show_default=True,
+              help="The strength requests get when they give none (1 = the calibrated "
+                   "push): record the size blind readers chose on the calibration half, "
+                   "e.g. 0.5 with --instruct on Qwen2.5-0.5B.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Scores (resumable; default runs/calibrate-MODEL).")
@@ -73,8 +79,8 @@ def _curve(points: list[dict[str, float]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 def calibrate(pack_spec: str | None, dtype: str, model_spec: str, n: int | None,
               target_shift: float, coefs_spec: str, fluency_floor: float, blocks: str,
-              instruct: bool, batch_size: int, out_dir: Path | None, force: bool,
-              as_json: bool) -> None:
+              instruct: bool, default_strength: float, batch_size: int,
+              out_dir: Path | None, force: bool, as_json: bool) -> None:
     """Measure each value's dose-response on the calibration half of the dilemmas, size the
     default method's push per value (the smallest that reaches the target shift and stays
     fluent), and write calibration.json (with the strength-to-effect curve) into the pack."""
@@ -86,7 +92,7 @@ def calibrate(pack_spec: str | None, dtype: str, model_spec: str, n: int | None,
     coefs = parse_floats(coefs_spec, "--coefs") or []
     opts = CalibrateOptions(n=n, target_shift=target_shift, coefs=tuple(coefs),
                             fluency_floor=fluency_floor, blocks=blocks, instruct=instruct,
-                            batch_size=batch_size, say=log)
+                            default_strength=default_strength, batch_size=batch_size, say=log)
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
     if pack_spec is not None and not pack_spec.startswith("hf://"):

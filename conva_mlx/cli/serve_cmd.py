@@ -28,9 +28,9 @@ from conva_mlx.steering.session import SteeringSession
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--values", "value_specs", multiple=True,
               help="Default steering for requests that send none: VALUE[:P0] (repeatable).")
-@click.option("--strength", type=float, default=1.0, show_default=True,
+@click.option("--strength", type=float, default=None,
               help="The calibrated push's strength for requests that give none (1 = the "
-                   "calibrated push).")
+                   "calibrated push; default: the pack's, 0.5 on Qwen2.5-0.5B, else 1).")
 @click.option("--instruct/--no-instruct", default=None,
               help="Whether requests with a gated method (calibrated, conva) that do not say "
                    "'instruct' also get ICA's instruction where the gate opens (default: "
@@ -42,7 +42,7 @@ from conva_mlx.steering.session import SteeringSession
 @click.option("--max-tokens-cap", type=click.IntRange(1), default=2048, show_default=True,
               help="The largest max_tokens a request may ask for.")
 def serve(model_spec: str, dtype: str, pack_specs: tuple[str, ...], host: str, port: int,
-          value_specs: tuple[str, ...], strength: float, instruct: bool | None,
+          value_specs: tuple[str, ...], strength: float | None, instruct: bool | None,
           api_key_env: str | None, max_batch: int, max_tokens_cap: int) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/steering, /health); requests choose their steering in a `steering` field."""

@@ -35,6 +35,7 @@ from conva_mlx.fsutil import OutputKind
 from conva_mlx.packs.analysis import value_structure
 from conva_mlx.packs.pack import Pack
 from conva_mlx.steering import SteerConfig, SteeringSession, Target
+from conva_mlx.steering.hooks import default_strength
 from conva_mlx.values import VALUE_NAMES, circumplex_distance
 
 AUDIT_FORMAT_VERSION = 1
@@ -241,9 +242,11 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def default_setting(pack: Pack) -> MethodSetting:
     """The product's default as the instrument names it: the calibrated push, with ICA's
-    instruction before the question where the pack's calibration makes that the default."""
-    instruct = pack.calibration is not None and pack.calibration.instruct
-    return MethodSetting("ica+calibrated" if instruct else "calibrated", 1.0)
+    instruction before the question where the pack's calibration makes that the default, at
+    its default strength."""
+    cal = pack.calibration
+    method = "ica+calibrated" if cal is not None and cal.instruct else "calibrated"
+    return MethodSetting(method, default_strength(pack))
 
 
 def order_consistent(score: float, p_a: float) -> bool:

@@ -184,7 +184,7 @@ def _dose_html(c: Cells, i: int, figs: dict[str, Path]) -> str:
     what = ("ICA's instruction before the question and the calibrated push"
             if dose["default"].startswith("ica+") else "the calibrated push")
     return (f"<p>The default is <b>{html.escape(dose['default'])}</b> ({what}, "
-            "strength 1, starred). Shift = log p(value action) − log p(competing action), "
+            "starred). Shift = log p(value action) − log p(competing action), "
             "steered minus unsteered, on each value's own dilemmas; fluency = change of "
             "log p(both actions); the x axis is the push relative to the hidden state.</p>"
             + _img(figs[f"m{i}-dose-shift"], "dose-response: shift")

@@ -70,6 +70,9 @@ class CalibrateOptions:
     fluency_floor: float = DEFAULT_FLUENCY_FLOOR
     blocks: str = "band"  # band: every value at the depth band; recipe: the pack's blocks
     instruct: bool = False  # also measure the curve with ICA's instruction (step 4)
+    # what requests without a strength get (1 = the calibrated push): the size blind
+    # readers chose on the calibration half, recorded with the measurement
+    default_strength: float = 1.0
     batch_size: int = 16
     show_progress: bool = True
     progress: Callable[[int, int], None] | None = None
@@ -84,6 +87,9 @@ class CalibrateOptions:
             raise ConvaError(f"the fluency floor must be < 0 nats, got {self.fluency_floor}")
         if self.blocks not in BLOCK_CHOICES:
             raise ConvaError(f"blocks must be one of {', '.join(BLOCK_CHOICES)}")
+        if not 0 < self.default_strength <= MAX_STRENGTH:  # also refuses NaN
+            raise ConvaError(f"the default strength must be in (0, {MAX_STRENGTH:g}], got "
+                             f"{self.default_strength}")
         if self.n is not None and self.n < 4:
             raise ConvaError("calibration needs at least 4 dilemmas per value (--n)")
 
@@ -196,5 +202,6 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
                 _points(store, instructed, v, own), coef)
         cal.notes["reached"][v] = reached
     cal.instruct = opts.instruct  # measured with the instruction: instruction + push by default
+    cal.strength = opts.default_strength
     pack.calibration = cal
     return cal

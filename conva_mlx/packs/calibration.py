@@ -9,7 +9,9 @@ on 80% of held-out dilemmas" maps to a strength and back. `calibrate --instruct`
 measures the same pushes with ICA's instruction before the question (`instructed`: the
 instruction alone, then the curve), which is what a strength means with `--instruct`, and
 marks instruction + push as the pack's default (`instruct`): blind readers put it ahead of
-the push alone, ICA and CAA on the default model (docs/evaluation.md).
+the push alone, ICA and CAA on the default model (docs/evaluation.md). `strength` is the
+strength a request that gives none gets (1 = the calibrated push; `calibrate
+--default-strength`): the size blind readers chose, 0.5 with the instruction on Qwen2.5-0.5B.
 
 It lives beside pack.json as calibration.json (written atomically, checked on load). Packs
 of the models conva-mlx ships calibrations for (same model, dataset and recipe) find theirs
@@ -118,6 +120,7 @@ class Calibration:
     # The default method also puts ICA's instruction before the question (where the gate
     # opens) unless a request says otherwise; set by `calibrate --instruct`.
     instruct: bool = False
+    strength: float = 1.0  # what a request without a strength gets (1 = the calibrated push)
 
     def value(self, name: str) -> ValueCalibration | None:
         return self.values.get(name)
@@ -128,7 +131,7 @@ class Calibration:
                 "dataset_hash": self.dataset_hash, "recipe": self.recipe,
                 "target_shift": self.target_shift, "direction": self.direction,
                 "blocks": self.blocks, "instruct": self.instruct,
-                "split": self.split,
+                "strength": self.strength, "split": self.split,
                 "values": {v: _value_json(c) for v, c in self.values.items()},
                 "notes": self.notes}
 
@@ -175,9 +178,13 @@ class Calibration:
         if instruct and not all(v.has_instructed for v in values.values()):
             raise ConvaError(f"{where}: 'instruct' needs every value's curve with the "
                              "instruction ('instructed')")
+        strength = f.number("strength") if f.has("strength") else 1.0
+        if not 0 < strength <= MAX_STRENGTH:  # also refuses NaN
+            raise ConvaError(f"{where}: 'strength' (the default strength) must be in "
+                             f"(0, {MAX_STRENGTH:g}], got {strength}")
         return cls(f.string("model_fingerprint"), f.string("dataset_hash", ""),
                    f.string("recipe", ""), target, values, f.string("split", "calibration"),
-                   direction, blocks, f.object("notes", {}), instruct)
+                   direction, blocks, f.object("notes", {}), instruct, strength)
 
 
 def _value_json(c: ValueCalibration) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from conva_mlx.steering.config import (
     Target,
 )
 from conva_mlx.steering.effects import expected_effects
-from conva_mlx.steering.engine import PACK_METHODS, resolve_instruct
+from conva_mlx.steering.engine import PACK_METHODS, resolve_defaults
 from conva_mlx.steering.reports import GenerationResult
 
 
@@ -56,7 +56,8 @@ class Defaults:
 
     targets: list[Target] = field(default_factory=list)
     method: str = DEFAULT_METHOD
-    strength: float = 1.0  # the calibrated push's strength for requests that give none
+    # the calibrated push's strength for requests that give none; None: the pack's default
+    strength: float | None = None
     # ICA's instruction with the gated push (`serve --instruct/--no-instruct`); None: the
     # pack's default
     instruct: bool | None = None
@@ -277,7 +278,8 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
         raise RequestError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})",
                            param="steering.mode")
     strength = spec.get("strength", defaults.strength)
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+    if strength is not None and (isinstance(strength, bool)
+                                 or not isinstance(strength, (int, float))):
         raise RequestError("'steering.strength' must be a number (1 = the calibrated push)",
                            param="steering.strength")
     gate, instruct = spec.get("gate", True), spec.get("instruct", defaults.instructs(method))
@@ -294,7 +296,8 @@ def steering(body: dict[str, Any], defaults: Defaults) -> SteerConfig:
         targets = list(defaults.targets)
     try:
         return SteerConfig(targets, method=method, mode=mode, gate=gate,
-                           strength=float(strength), instruct=instruct)
+                           strength=None if strength is None else float(strength),
+                           instruct=instruct)
     except ConvaError as exc:
         raise RequestError(str(exc), param="steering") from None
 
@@ -404,7 +407,7 @@ def _value_info(pack: Pack, name: str, defaults: Defaults) -> dict[str, Any]:
     info: dict[str, Any] = {
         "default_p0": e.default_p0, "layers": list(e.layers),
         "methods": ["caa"] if e.fixed_scale is not None else list(PACK_METHODS)}
-    cfg = resolve_instruct(pack, SteerConfig([name], method="calibrated",
+    cfg = resolve_defaults(pack, SteerConfig([name], method="calibrated",
                                              strength=defaults.strength,
                                              instruct=defaults.instruct))
     effect = expected_effects(pack, cfg, [Target(name)])
@@ -416,6 +419,9 @@ def _value_info(pack: Pack, name: str, defaults: Defaults) -> dict[str, Any]:
 
 def steering_info(pack: Pack | None, defaults: Defaults) -> dict[str, Any]:
     """`GET /v1/steering`: the values a client can steer, the gate, the defaults."""
+    resolved = resolve_defaults(pack, SteerConfig(
+        method=defaults.method, strength=defaults.strength,  # type: ignore[arg-type]
+        instruct=defaults.instruct))
     return {
         "values": {} if pack is None else {n: _value_info(pack, n, defaults)
                                            for n in pack.values},
@@ -425,8 +431,5 @@ def steering_info(pack: Pack | None, defaults: Defaults) -> dict[str, Any]:
         else pack.calibration_source,
         "defaults": {"values": {t.value: t.p0 for t in defaults.targets},
                      "method": defaults.method if defaults.targets else "none",
-                     "strength": defaults.strength,
-                     "instruct": resolve_instruct(pack, SteerConfig(
-                         method=defaults.method,  # type: ignore[arg-type]
-                         instruct=defaults.instruct)).instruct},
+                     "strength": resolved.strength, "instruct": resolved.instruct},
         "methods": list(METHODS), "modes": list(MODES)}

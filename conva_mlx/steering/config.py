@@ -86,7 +86,9 @@ class SteerConfig:
     layers: list[int] | None  # override the pack's per-value layers
     direction: Direction | None  # ConVA's delta direction; None = the pack recipe's
     positions: Positions  # prompt mode: where the delta is added
-    strength: float  # calibrated: 1 = the calibrated push (a target's level overrides it)
+    # calibrated: 1 = the calibrated push (a target's level overrides it); None = the pack's
+    # default (its calibration's `strength`, else 1)
+    strength: float | None
     # Also put ICA's instruction before the question, only where the gate opens (the
     # readers found instruction + push ahead of either alone; the instrument cannot see it).
     # None: the pack's default (its calibration's `instruct`, for the calibrated method).
@@ -97,7 +99,7 @@ class SteerConfig:
                  mode: Mode = "prompt", gate: bool = True, probes: Probes = "controlled",
                  caa_coef: float = 1.0, negative_prompt: bool = False,
                  layers: list[int] | None = None, direction: Direction | None = None,
-                 positions: Positions = "all", strength: float = 1.0,
+                 positions: Positions = "all", strength: float | None = None,
                  instruct: bool | None = None) -> None:
         self.targets = parse_targets(targets)
         self.method, self.mode, self.gate, self.probes = method, mode, gate, probes
@@ -107,7 +109,7 @@ class SteerConfig:
         if instruct and method not in GATED_METHODS:
             raise ConvaError(f"the instruction goes with a gated push (method "
                              f"{' or '.join(GATED_METHODS)}), not with method {method}")
-        if not 0 <= strength <= MAX_STRENGTH:  # also refuses NaN
+        if strength is not None and not 0 <= strength <= MAX_STRENGTH:  # also refuses NaN
             raise ConvaError(f"strength must be in [0, {MAX_STRENGTH:g}], got {strength}")
         if positions not in POSITIONS:
             raise ConvaError(f"unknown positions '{positions}' (choose from "

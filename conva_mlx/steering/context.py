@@ -67,9 +67,11 @@ def _prompt_tokens(lm: LoadedModel, prompt: str | Sequence[int]) -> mx.array:
 def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec,
             method: Method = DEFAULT_METHOD, mode: Mode = "prompt",
             prompt: str | Sequence[int] | None = None, gate: bool | None = None,
-            caa_coef: float = 1.0, strength: float = 1.0) -> Iterator[SteeringHandle]:
+            caa_coef: float = 1.0, strength: float | None = None
+            ) -> Iterator[SteeringHandle]:
     """Steer `lm.model` toward (or, with Target(..., away=True), away from) the targets
-    while the block runs. `gate` defaults to on when a prompt is given, off otherwise.
+    while the block runs. `gate` defaults to on when a prompt is given, off otherwise;
+    `strength` (calibrated) to the pack's default strength.
     The mode matters to ConVA only (the same default as `SteerConfig`: prompt)."""
     if method not in PACK_METHODS:
         raise ConvaError(f"steered() runs {', '.join(PACK_METHODS)} (ica is a prompt "

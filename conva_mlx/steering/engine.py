@@ -42,6 +42,7 @@ from conva_mlx.steering.hooks import (
     caa_reports,
     calibrated_deltas,
     check_probes,
+    default_strength,
     layer_plans,
     reports_so_far,
     resolve_targets,
@@ -133,14 +134,18 @@ class Prefilled:
         return reports_so_far(self.token_stats, self.reports[i])
 
 
-def resolve_instruct(pack: Pack | None, cfg: SteerConfig) -> SteerConfig:
-    """`cfg` with `instruct` decided: as given, else the pack's default (instruction +
-    push for the calibrated method where its calibration says so, `calibrate --instruct`)."""
-    if cfg.instruct is not None:
+def resolve_defaults(pack: Pack | None, cfg: SteerConfig) -> SteerConfig:
+    """`cfg` with `instruct` and `strength` decided: as given, else the pack's defaults for
+    the calibrated method (instruction + push where its calibration says so, `calibrate
+    --instruct`; its default strength, `calibrate --default-strength`)."""
+    if cfg.instruct is not None and cfg.strength is not None:
         return cfg
+    cal = pack.calibration if pack is not None and cfg.method == "calibrated" else None
     out = copy.copy(cfg)
-    out.instruct = (cfg.method == "calibrated" and pack is not None
-                    and pack.calibration is not None and pack.calibration.instruct)
+    if out.instruct is None:
+        out.instruct = cal is not None and cal.instruct
+    if out.strength is None:
+        out.strength = default_strength(pack) if cfg.method == "calibrated" else 1.0
     return out
 
 

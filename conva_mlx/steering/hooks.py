@@ -113,12 +113,18 @@ def caa_deltas(pack: Pack, cfg: SteerConfig, targets: list[Target]) -> dict[int,
     return deltas
 
 
+def default_strength(pack: Pack | None) -> float:
+    """The calibrated method's strength where a request gives none: the calibration's
+    (the size readers chose), else 1 (the calibrated push)."""
+    return pack.calibration.strength if pack is not None and pack.calibration else 1.0
+
+
 def calibrated_strength(pack: Pack, cfg: SteerConfig, target: Target) -> float:
     """A target's strength for the calibrated method: the one its level asks for (the share
     of held-out dilemmas that should favour the value), else the configuration's."""
     cal = pack.calibration.value(target.value) if pack.calibration is not None else None
     if target.p0 is None or cal is None:
-        return cfg.strength
+        return default_strength(pack) if cfg.strength is None else cfg.strength
     # with the instruction, the curve measured with it (the push alone's where none was)
     return cal.strength_for(target.p0, bool(cfg.instruct) and cal.has_instructed)
 

@@ -34,7 +34,7 @@ from conva_mlx.steering.engine import (
     decode_batch,
     decode_steps,
     gate_decisions,
-    resolve_instruct,
+    resolve_defaults,
     steer_prefill,
     supports_batching,
 )
@@ -130,7 +130,7 @@ class SteeringSession:
         """Validate the settings; return the resolved targets and the prompt's tokens.
 
         `raw=True` takes `messages` as the whole prompt text (no chat template)."""
-        cfg = resolve_instruct(self.pack, cfg)
+        cfg = resolve_defaults(self.pack, cfg)
         if isinstance(messages, str) and not raw:
             messages = [{"role": "user", "content": messages}]
         if isinstance(messages, str):
@@ -172,7 +172,7 @@ class SteeringSession:
 
         With cfg.instruct the gate reads each question as the user wrote it; the rows whose
         gate opens are then prefilled with the instruction before the question."""
-        cfg = resolve_instruct(self.pack, cfg)
+        cfg = resolve_defaults(self.pack, cfg)
         batch = PromptBatch(self.lm.model, [p.tokens for p in prepared],
                             [p.gate_index for p in prepared])
         targets = prepared[0].targets
