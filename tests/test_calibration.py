@@ -343,3 +343,18 @@ def test_the_three_offline_models_ship_a_calibration() -> None:
     # model.fingerprint); without this the test above would pass on an empty folder
     for fingerprint in ("f7b75787ff4f0b71", "023146a0c0b2baa4", "3dedc790e9ff12e9"):
         assert (SHIPPED_DIR / shipped_name(fingerprint, "accuracy")).is_file(), fingerprint
+
+
+def test_the_shipped_defaults_are_the_ones_blind_readers_chose() -> None:
+    # chosen on each model's calibration half, confirmed on its test half (docs/evaluation.md):
+    # a re-calibration that forgets --instruct or --default-strength would change the product
+    def shipped(fingerprint: str) -> Calibration:
+        return read_calibration(SHIPPED_DIR / shipped_name(fingerprint, "accuracy"))
+
+    smol, qwen05, qwen15 = (shipped(f) for f in ("f7b75787ff4f0b71", "023146a0c0b2baa4",
+                                                 "3dedc790e9ff12e9"))
+    assert (smol.instruct, smol.strength) == (True, 1.0)  # rounds G and H
+    assert (qwen05.instruct, qwen05.strength) == (True, 0.5)  # rounds I and J
+    assert (qwen15.instruct, qwen15.strength) == (False, 1.0)  # the push alone
+    for cal in (smol, qwen05):
+        assert all(v.has_instructed for v in cal.values.values())
