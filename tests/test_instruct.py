@@ -186,5 +186,12 @@ def test_a_request_without_a_strength_gets_the_calibrations_default(
         from conva_mlx.evaluation.audit import default_setting
 
         assert default_setting(pack).label == "ica+calibrated x0.5"
+        # eval measures what users get: its default strength is the pack's, recorded
+        from conva_mlx.evaluation.settings import EvalContext, EvalOptions, generation_settings
+
+        ctx = EvalContext(session, Path("unused"), lambda: None)  # type: ignore[arg-type,return-value]
+        opts = EvalOptions(values=["benevolence"], methods=["ica+calibrated"])
+        assert generation_settings(ctx, opts)["strength"] == 0.5
+        assert opts.config("ica+calibrated", "benevolence", pack).strength is None
     finally:
         pack.calibration.strength = 1.0

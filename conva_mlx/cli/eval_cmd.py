@@ -153,9 +153,9 @@ def print_table(results: EvalResults) -> None:
               help="ConVA strength P0 for every value (default: the pack's per-value P0).")
 @click.option("--caa-coef", type=float, default=1.0, show_default=True,
               help="CAA strength: multiplies the mean-difference vectors.")
-@click.option("--strength", type=float, default=1.0, show_default=True,
-              help="calibrated / ica+calibrated: 1 = the calibrated push (0.5: half of it, "
-                   "the size the readers chose with the instruction).")
+@click.option("--strength", type=float, default=None,
+              help="calibrated / ica+calibrated: 1 = the calibrated push (default: the "
+                   "pack's default strength, what users get: 1, or 0.5 on Qwen2.5-0.5B).")
 @click.option("--batch-size", type=int, default=16, show_default=True,
               help="Prompts decoded together (same method and value); 1 = one at a time.")
 @click.option("--seed", type=int, default=None)

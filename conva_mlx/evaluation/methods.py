@@ -30,10 +30,11 @@ GENERAL_METHODS: tuple[str, ...] = ("none", "conva-nogate", "conva", "calibrated
 def steer_config(method: str, value: str, negative_prompt: bool = False,
                  p0: float | None = None, caa_coef: float = 1.0, mode: Mode | None = None,
                  direction: Direction | None = None, positions: Positions | None = None,
-                 strength: float = 1.0) -> SteerConfig:
+                 strength: float | None = None) -> SteerConfig:
     """Settings of one evaluation method; p0 None = the pack's default for the value.
     `mode` and `direction` apply to the ConVA methods (None = prompt mode, the pack's
-    recipe direction), `strength` to the calibrated ones (1 = the calibrated push)."""
+    recipe direction), `strength` to the calibrated ones (1 = the calibrated push; None =
+    the pack's default strength)."""
     if method not in METHOD_SETTINGS:
         raise ConvaError(f"unknown method '{method}' (choose from {', '.join(EVAL_METHODS)})")
     settings = dict(METHOD_SETTINGS[method])

@@ -34,6 +34,7 @@ from conva_mlx.fsutil import (
     check_output_dir,
     sha256_file,
 )
+from conva_mlx.steering.hooks import default_strength
 
 EVAL_RUN = OutputKind("conva-mlx eval run", "run.json", ())
 
@@ -88,6 +89,8 @@ def _prompts_label(opts: EvalOptions) -> str:
 def run_eval(ctx: EvalContext, opts: EvalOptions) -> EvalResults:
     """Run (or resume) the evaluation; write and return the results."""
     opts.check()
+    if opts.strength is None:  # the pack's default strength, recorded as a number
+        opts.strength = default_strength(ctx.pack)
     if opts.negative_prompt:
         opts.general = False
     _check_pack(ctx, opts)

@@ -22,6 +22,7 @@ from conva_mlx.steering.config import (
     Positions,
     check_calibrated_strength,
 )
+from conva_mlx.steering.hooks import default_strength
 
 
 @dataclass
@@ -34,7 +35,9 @@ class EvalOptions:
     max_tokens: int = 64
     p0: float | None = None  # ConVA strength for every value; None = the pack's defaults
     caa_coef: float = 1.0  # CAA strength (multiplies the mean-difference vectors)
-    strength: float = 1.0  # the calibrated methods' strength (1 = the calibrated push)
+    # the calibrated methods' strength (1 = the calibrated push); None = the pack's default,
+    # what users get (0.5 on Qwen2.5-0.5B)
+    strength: float | None = None
     batch_size: int = 16  # prompts decoded together (1 = one at a time)
     temp: float = 0.0
     seed: int | None = None
@@ -59,7 +62,8 @@ class EvalOptions:
             raise ConvaError("--n must be at least 1")
         if self.p0 is not None:
             check_p0(self.p0, "--p0")
-        check_calibrated_strength(self.strength)
+        if self.strength is not None:
+            check_calibrated_strength(self.strength)
         if self.batch_size < 1:
             raise ConvaError("--batch-size must be at least 1")
         if self.mcq_n is not None and self.mcq_n < 1:
@@ -113,6 +117,7 @@ def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
     return {"model_fingerprint": lm.fingerprint, "pack_sha256": ctx.pack.digest(),
             "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
             "repetition_penalty": opts.repetition_penalty,
-            "p0": opts.p0, "caa_coef": opts.caa_coef, "strength": opts.strength,
+            "p0": opts.p0, "caa_coef": opts.caa_coef,
+            "strength": default_strength(ctx.pack) if opts.strength is None else opts.strength,
             "mode": opts.mode,
             "direction": opts.direction, "positions": opts.positions}
