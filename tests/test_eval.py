@@ -82,7 +82,7 @@ def test_method_names_map_onto_steer_configs() -> None:
     c = steer_config("ica+calibrated", "power", strength=0.5)
     assert (c.method, c.gate, c.instruct, c.strength) == ("calibrated", True, True, 0.5)
     c = steer_config("calibrated", "power")
-    assert (c.method, c.instruct, c.strength) == ("calibrated", False, 1.0)
+    assert (c.method, c.instruct, c.strength) == ("calibrated", False, None)  # the pack's
 
 
 def test_a_torn_last_line_is_ignored_and_repaired(tmp_path: Path) -> None:
