@@ -34,7 +34,6 @@ from conva_mlx.fsutil import (
     check_output_dir,
     sha256_file,
 )
-from conva_mlx.steering.hooks import default_strength
 
 EVAL_RUN = OutputKind("conva-mlx eval run", "run.json", ())
 
@@ -89,8 +88,7 @@ def _prompts_label(opts: EvalOptions) -> str:
 def run_eval(ctx: EvalContext, opts: EvalOptions) -> EvalResults:
     """Run (or resume) the evaluation; write and return the results."""
     opts.check()
-    if opts.strength is None:  # the pack's default strength, recorded as a number
-        opts.strength = default_strength(ctx.pack)
+    opts.strength = opts.strength_for(ctx.pack)  # the pack's default, recorded as a number
     if opts.negative_prompt:
         opts.general = False
     _check_pack(ctx, opts)

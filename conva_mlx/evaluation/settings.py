@@ -69,6 +69,10 @@ class EvalOptions:
         if self.mcq_n is not None and self.mcq_n < 1:
             raise ConvaError("--mcq-n must be at least 1")
 
+    def strength_for(self, pack: Pack) -> float:
+        """The calibrated methods' strength: as given, else the pack's default."""
+        return default_strength(pack) if self.strength is None else self.strength
+
     def generation(self) -> GenOptions:
         return GenOptions(max_tokens=self.max_tokens, temp=self.temp, seed=self.seed,
                           repetition_penalty=self.repetition_penalty)
@@ -118,6 +122,6 @@ def generation_settings(ctx: EvalContext, opts: EvalOptions) -> dict[str, Any]:
             "max_tokens": opts.max_tokens, "temp": opts.temp, "seed": opts.seed,
             "repetition_penalty": opts.repetition_penalty,
             "p0": opts.p0, "caa_coef": opts.caa_coef,
-            "strength": default_strength(ctx.pack) if opts.strength is None else opts.strength,
+            "strength": opts.strength_for(ctx.pack),
             "mode": opts.mode,
             "direction": opts.direction, "positions": opts.positions}

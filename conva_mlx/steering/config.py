@@ -15,14 +15,6 @@ from conva_mlx.values import check_value, load_values
 Method = Literal["calibrated", "conva", "caa", "ica", "none"]
 DEFAULT_METHOD: Method = "calibrated"
 MAX_STRENGTH = 8.0
-
-
-def check_calibrated_strength(strength: float, name: str = "--strength") -> None:
-    """The one bound on a calibrated push's strength in eval and choices, where 0 (no push)
-    is a method of its own (`none`)."""
-    if not 0 < strength <= MAX_STRENGTH:  # also refuses NaN
-        raise ConvaError(f"{name} must be in (0, {MAX_STRENGTH:g}] (1 = the calibrated "
-                         f"push), got {strength:g}")
 GATED_METHODS = ("conva", "calibrated")  # CAA stays the ungated baseline
 Mode = Literal["prompt", "token"]
 Probes = Literal["controlled", "uncontrolled"]
@@ -32,6 +24,14 @@ Positions = Literal["all", "generated"]
 METHODS: tuple[str, ...] = get_args(Method)
 MODES: tuple[str, ...] = get_args(Mode)
 POSITIONS: tuple[str, ...] = get_args(Positions)
+
+
+def check_calibrated_strength(strength: float, name: str = "--strength") -> None:
+    """The one bound on a calibrated push's strength in eval and choices, where 0 (no push)
+    is a method of its own (`none`)."""
+    if not 0 < strength <= MAX_STRENGTH:  # also refuses NaN
+        raise ConvaError(f"{name} must be in (0, {MAX_STRENGTH:g}] (1 = the calibrated "
+                         f"push), got {strength:g}")
 
 
 @dataclass(frozen=True)
