@@ -29,6 +29,7 @@ from conva_mlx.packs.pack import Pack, load_pack
 from conva_mlx.packs.save import save_pack
 from conva_mlx.steering import SteerConfig, Target
 from conva_mlx.steering.effects import expected_effects
+from conva_mlx.steering.engine import resolve_defaults
 from conva_mlx.steering.hooks import caa_deltas, calibrated_deltas
 from conva_mlx.values import VALUE_NAMES
 
@@ -206,8 +207,8 @@ def test_the_instructed_curve_reads_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_an_uncalibrated_pack_pushes_the_value_contrast_vector(small_pack: Pack) -> None:
-    cfg = SteerConfig(["power"], method="calibrated")
-    assert small_pack.calibration is None
+    cfg = resolve_defaults(small_pack, SteerConfig(["power"], method="calibrated"))
+    assert small_pack.calibration is None and cfg.strength == 1.0
     contrast = small_pack.values["power"].contrast
     assert contrast is not None  # extraction computes it (power against benevolence)
     deltas = calibrated_deltas(small_pack, cfg, cfg.targets)

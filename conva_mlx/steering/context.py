@@ -35,6 +35,7 @@ from conva_mlx.steering.engine import (
     PromptBatch,
     check_request,
     plan_push,
+    resolve_defaults,
 )
 from conva_mlx.steering.hooks import TokenStats, reports_so_far
 from conva_mlx.steering.reports import GateReport, LayerReport
@@ -78,8 +79,9 @@ def steered(lm: LoadedModel, pack: Pack, *targets: TargetSpec,
                          f"prefix: see ica_prefix); got '{method}'")
     use_gate = method in GATED_METHODS and (prompt is not None if gate is None else gate)
     # the instruction is part of the prompt the loop writes: steered() only pushes
-    cfg = SteerConfig(list(targets), method=method, mode=mode, gate=use_gate,
-                      caa_coef=caa_coef, strength=strength, instruct=False)
+    cfg = resolve_defaults(pack, SteerConfig(list(targets), method=method, mode=mode,
+                                             gate=use_gate, caa_coef=caa_coef,
+                                             strength=strength, instruct=False))
     if not cfg.targets:
         raise ConvaError("steered() needs at least one value, e.g. 'benevolence'")
     pack.check_model(lm.model_id, lm.fingerprint)

@@ -121,10 +121,14 @@ def default_strength(pack: Pack | None) -> float:
 
 def calibrated_strength(pack: Pack, cfg: SteerConfig, target: Target) -> float:
     """A target's strength for the calibrated method: the one its level asks for (the share
-    of held-out dilemmas that should favour the value), else the configuration's."""
+    of held-out dilemmas that should favour the value), else the configuration's (filled in
+    from the pack's default by `engine.resolve_defaults` before any push is planned)."""
     cal = pack.calibration.value(target.value) if pack.calibration is not None else None
     if target.p0 is None or cal is None:
-        return default_strength(pack) if cfg.strength is None else cfg.strength
+        if cfg.strength is None:
+            raise AssertionError("calibrated_strength needs settings resolved with "
+                                 "resolve_defaults (strength None)")
+        return cfg.strength
     # with the instruction, the curve measured with it (the push alone's where none was)
     return cal.strength_for(target.p0, bool(cfg.instruct) and cal.has_instructed)
 
