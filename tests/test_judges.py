@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from conva_mlx.cli.main import cli
+from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
 from conva_mlx.evaluation.judge_check import (
     SHIPPED_LABELS,
@@ -31,6 +32,7 @@ from conva_mlx.evaluation.judges import (
 )
 from conva_mlx.evaluation.stance_judge import StanceJudge
 from conva_mlx.models.loading import LoadedModel
+from conva_mlx.values import VALUE_NAMES
 from tests.local_servers import free_port, running_server
 
 # ----- parsers -----------------------------------------------------------------------------
@@ -264,6 +266,28 @@ def test_the_shipped_labels_are_the_readers_file() -> None:
     if shared.is_file():
         assert shared.read_bytes() == SHIPPED_LABELS.read_bytes()
     assert len(load_labels()) == 830
+
+
+@pytest.mark.parametrize("name, half, rows", [("replies-test-half.jsonl", 0, 2760),
+                                             ("replies-calibration-half.jsonl", 1, 1200)])
+def test_the_shipped_steering_labels_sit_in_their_half_of_the_dilemmas(
+        name: str, half: int, rows: int) -> None:
+    """Issue 31's reader labels: each reply answers its dilemma's own question, from the
+    half the file names (tuning and reporting must not mix), once per model and method."""
+    path = SHIPPED_LABELS.parent / name
+    labels = load_labels(path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(labels) == len(records) == rows
+    data = ValueData()
+    prompts = {d.id: d for v in VALUE_NAMES for d in data.dilemmas(v)}
+    keys = set()
+    for r, lab in zip(records, labels):
+        dilemma = prompts[lab.prompt_id]
+        assert (dilemma.prompt, dilemma.value) == (lab.question, lab.value)
+        assert int(lab.prompt_id.rsplit("-", 1)[1]) % 2 == half
+        assert r["model"].count("/") == 1 and lab.method != "unknown"
+        keys.add((r["model"], lab.method, lab.prompt_id))
+    assert len(keys) == rows
 
 
 def test_judge_check_cli_prints_the_card_as_json(tmp_path: Path,
