@@ -312,6 +312,47 @@ def test_calibrate_cli_sizes_each_value_writes_the_pack_and_resumes(
     assert bad.exit_code != 0 and "default strength must be in (0, 8]" in bad.output
 
 
+def test_keep_sizes_measures_the_curve_again_at_the_calibrated_push(
+        small_pack_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from conva_mlx.cli.main import cli
+
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(small_pack_dir, pack_dir)
+    keep = ["calibrate", "--pack", str(pack_dir), "--keep-sizes", "--coefs", "0.5,1",
+            "--out", str(tmp_path / "keep"), "--force"]
+    none = CliRunner().invoke(cli, [*keep, "--n", "4"])
+    assert none.exit_code != 0 and "needs a pack with a calibration" in none.output
+    sized = CliRunner().invoke(cli, ["calibrate", "--pack", str(pack_dir), "--n", "4",
+                                     "--coefs", "0.5,1", "--instruct", "--default-strength",
+                                     "0.5", "--out", str(tmp_path / "size")])
+    assert sized.exit_code == 0, sized.output
+    first = load_pack(pack_dir).calibration
+    assert first is not None
+    plain = CliRunner().invoke(cli, [*keep, "--n", "6"])
+    assert plain.exit_code != 0 and "pass --instruct" in plain.output
+    again = CliRunner().invoke(cli, [*keep, "--n", "6", "--instruct"])
+    assert again.exit_code == 0, again.output
+    cal = load_pack(pack_dir).calibration
+    assert cal is not None and cal.instruct and cal.strength == 0.5  # the kept default
+    assert cal.notes["n_dilemmas"] == 12 and cal.notes["sizes_from_n_dilemmas"] == 8
+    for name, v in cal.values.items():
+        assert v.mix == first.values[name].mix  # the sizes readers confirmed stay
+        assert v.n == 6
+        assert [p.strength for p in v.curve] == [0.5, 1.0]  # in the calibrated push's units
+        assert [p.strength for p in v.instructed_curve] == [0.5, 1.0]
+    # scored: unsteered, two strengths alone and with the instruction, the instruction alone
+    assert (tmp_path / "keep" / "choices.jsonl").read_text().count("\n") == 6 * 12
+    other = CliRunner().invoke(cli, [*keep, "--n", "6", "--instruct",
+                                     "--default-strength", "1"])
+    assert other.exit_code == 0, other.output
+    cal_one = load_pack(pack_dir).calibration
+    assert cal_one is not None and cal_one.strength == 1.0
+
+
 def test_overwriting_a_pack_drops_its_old_calibration_and_a_resave_keeps_it(
         small_pack: Pack, tmp_path: Path) -> None:
     out = save_pack(small_pack, tmp_path / "p")

@@ -68,10 +68,15 @@ def _curve(points: list[dict[str, float]]) -> str:
 @click.option("--instruct", is_flag=True,
               help="Also measure each push with ICA's instruction before the question, so "
                    "that `generate --instruct` shows an expected effect too.")
-@click.option("--default-strength", type=float, default=1.0, show_default=True,
+@click.option("--default-strength", type=float, default=None,
               help="The strength requests get when they give none (1 = the calibrated "
                    "push): record the size blind readers chose on the calibration half, "
-                   "e.g. 0.5 with --instruct on Qwen2.5-0.5B.")
+                   "e.g. 0.5 with --instruct on Qwen2.5-0.5B. Default: 1, or the kept "
+                   "calibration's with --keep-sizes.")
+@click.option("--keep-sizes", is_flag=True,
+              help="Keep the pack's calibrated sizes and measure only the strength-to-effect "
+                   "curve again (e.g. on more dilemmas with --n); --coefs are then "
+                   "strengths, multiples of the calibrated push.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Scores (resumable; default runs/calibrate-MODEL).")
@@ -79,7 +84,8 @@ def _curve(points: list[dict[str, float]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 def calibrate(pack_spec: str | None, dtype: str, model_spec: str, n: int | None,
               target_shift: float, coefs_spec: str, fluency_floor: float, blocks: str,
-              instruct: bool, default_strength: float, batch_size: int,
+              instruct: bool, default_strength: float | None, keep_sizes: bool,
+              batch_size: int,
               out_dir: Path | None, force: bool, as_json: bool) -> None:
     """Measure each value's dose-response on the calibration half of the dilemmas, size the
     default method's push per value (the smallest that reaches the target shift and stays
@@ -92,7 +98,8 @@ def calibrate(pack_spec: str | None, dtype: str, model_spec: str, n: int | None,
     coefs = parse_floats(coefs_spec, "--coefs") or []
     opts = CalibrateOptions(n=n, target_shift=target_shift, coefs=tuple(coefs),
                             fluency_floor=fluency_floor, blocks=blocks, instruct=instruct,
-                            default_strength=default_strength, batch_size=batch_size, say=log)
+                            default_strength=default_strength, keep_sizes=keep_sizes,
+                            batch_size=batch_size, say=log)
     if batch_size < 1:
         raise ConvaError("--batch-size must be at least 1")
     if pack_spec is not None and not pack_spec.startswith("hf://"):

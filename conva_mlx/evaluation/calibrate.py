@@ -14,6 +14,9 @@
    instruction alone (ICA, ungated: the calibration dilemmas are value-laden), so a
    strength means something with `--instruct` too. The sizes stay the push alone's, and
    the pack's default becomes instruction + push.
+5. With `keep_sizes`: the pack's calibration keeps its sizes (the pushes readers confirmed)
+   and only the curve is measured again, at strengths in the calibrated push's units (for
+   example on all 30 calibration dilemmas where the sizes came from 10).
 
 (A first form aimed each push with the ridge inverse of the 10 x 10 leakage responses; on
 the default model its held-out selectivity was 1.32 at best, four values did not move and
@@ -71,8 +74,10 @@ class CalibrateOptions:
     blocks: str = "band"  # band: every value at the depth band; recipe: the pack's blocks
     instruct: bool = False  # also measure the curve with ICA's instruction (step 4)
     # what requests without a strength get (1 = the calibrated push): the size blind
-    # readers chose on the calibration half, recorded with the measurement
-    default_strength: float = 1.0
+    # readers chose on the calibration half, recorded with the measurement (None: 1, or
+    # the kept calibration's with keep_sizes)
+    default_strength: float | None = None
+    keep_sizes: bool = False  # step 5: `coefs` are then strengths of the calibrated push
     batch_size: int = 16
     show_progress: bool = True
     progress: Callable[[int, int], None] | None = None
@@ -87,7 +92,8 @@ class CalibrateOptions:
             raise ConvaError(f"the fluency floor must be < 0 nats, got {self.fluency_floor}")
         if self.blocks not in BLOCK_CHOICES:
             raise ConvaError(f"blocks must be one of {', '.join(BLOCK_CHOICES)}")
-        if not 0 < self.default_strength <= MAX_STRENGTH:  # also refuses NaN
+        if self.default_strength is not None and not (
+                0 < self.default_strength <= MAX_STRENGTH):  # also refuses NaN
             raise ConvaError(f"the default strength must be in (0, {MAX_STRENGTH:g}], got "
                              f"{self.default_strength}")
         if self.n is not None and self.n < 4:
@@ -158,10 +164,13 @@ def unit_calibration(pack_values: list[str], fingerprint: str, dataset_hash: str
 
 def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
                     ) -> Calibration:
-    """Steps 1-3 of the module docstring; resumable (scores live under `out`)."""
+    """Steps 1-4 (5 with keep_sizes) of the module docstring; resumable (scores live
+    under `out`)."""
     pack = session.pack
     if pack is None:
         raise ConvaError("calibration needs a pack")
+    if opts.keep_sizes:
+        return remeasure_curves(session, out, opts)
     values = [v for v in VALUE_NAMES if v in pack.values]
     direction = ("contrast" if all(pack.values[v].contrast is not None for v in values)
                  else "mean-diff")
@@ -190,18 +199,69 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
         own = [it for it in items if it.value == v]
         points = _points(store, settings, v, own)
         coef, reached = choose_coef(points, opts.target_shift, opts.fluency_floor)
-        base = [store.records[score_key("likelihood", MethodSetting("none"), UNSTEERED,
-                                        it.id)]["score"] > 0 for it in own]
-        cal.values[v] = ValueCalibration({v: round(coef, 4)}, float(np.mean(base)),
+        cal.values[v] = ValueCalibration({v: round(coef, 4)},
+                                         _favoured(store, MethodSetting("none"), UNSTEERED, own),
                                          _in_strength_units(points, coef), len(own))
         if opts.instruct:
-            cal.values[v].instructed_favoured = float(np.mean(
-                [store.records[score_key("likelihood", alone[0], v, it.id)]["score"] > 0
-                 for it in own]))
+            cal.values[v].instructed_favoured = _favoured(store, alone[0], v, own)
             cal.values[v].instructed_curve = _in_strength_units(
                 _points(store, instructed, v, own), coef)
         cal.notes["reached"][v] = reached
     cal.instruct = opts.instruct  # measured with the instruction: instruction + push by default
-    cal.strength = opts.default_strength
+    cal.strength = 1.0 if opts.default_strength is None else opts.default_strength
     pack.calibration = cal
     return cal
+
+
+def remeasure_curves(session: SteeringSession, out: Path, opts: CalibrateOptions
+                     ) -> Calibration:
+    """Step 5: the pack's calibration with its sizes kept and its curves measured again at
+    strengths `opts.coefs`. The scores' directory is tied to those sizes (the pack's digest
+    covers them), so it never mixes in scores of other pushes."""
+    pack = session.pack
+    kept = pack.calibration if pack is not None else None
+    if pack is None or kept is None:
+        raise ConvaError("--keep-sizes needs a pack with a calibration; run `conva-mlx "
+                         "calibrate` without it first")
+    if kept.instruct and not opts.instruct:
+        raise ConvaError("this calibration's default puts ICA's instruction before the "
+                         "question; pass --instruct to measure that curve again too")
+    values = [v for v in VALUE_NAMES if v in pack.values and v in kept.values]
+    items = load_choice_items(values, "calibration", opts.n)
+    opts.say(f"calibrate: the kept sizes of {len(values)} values at strengths "
+             f"{', '.join(f'{c:g}' for c in opts.coefs)}, {len(items)} calibration dilemmas")
+    settings = [MethodSetting("calibrated", c) for c in opts.coefs]
+    instructed = [MethodSetting("ica+calibrated", c) for c in opts.coefs] if opts.instruct else []
+    alone = [MethodSetting("ica")] if opts.instruct else []
+    run_choices(ChoiceRun(session, out),
+                ChoiceOptions(values=values, settings=settings + instructed + alone,
+                              split="calibration", n=opts.n,
+                              batch_size=opts.batch_size, show_progress=opts.show_progress,
+                              progress=opts.progress))
+    store = JsonlStore(out / "choices.jsonl")
+    cal = Calibration(kept.model_fingerprint, kept.dataset_hash, kept.recipe,
+                      kept.target_shift, {}, direction=kept.direction, blocks=kept.blocks,
+                      notes={**kept.notes, "strengths": list(opts.coefs),
+                             "sizes_from_n_dilemmas": kept.notes.get("n_dilemmas"),
+                             "n_dilemmas": len(items)})
+    for v in values:
+        own = [it for it in items if it.value == v]
+        cal.values[v] = ValueCalibration(dict(kept.values[v].mix),
+                                         _favoured(store, MethodSetting("none"), UNSTEERED, own),
+                                         _in_strength_units(_points(store, settings, v, own),
+                                                            1.0), len(own))
+        if opts.instruct:
+            cal.values[v].instructed_favoured = _favoured(store, alone[0], v, own)
+            cal.values[v].instructed_curve = _in_strength_units(
+                _points(store, instructed, v, own), 1.0)
+    cal.instruct = opts.instruct
+    cal.strength = kept.strength if opts.default_strength is None else opts.default_strength
+    pack.calibration = cal
+    return cal
+
+
+def _favoured(store: JsonlStore, setting: MethodSetting, steered: str,
+              items: list[ChoiceItem]) -> float:
+    """The share of `items` whose scored choice favours their value."""
+    return float(np.mean([store.records[score_key("likelihood", setting, steered,
+                                                  it.id)]["score"] > 0 for it in items]))
