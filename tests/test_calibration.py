@@ -351,6 +351,7 @@ def test_keep_sizes_measures_the_curve_again_at_the_calibrated_push(
     assert other.exit_code == 0, other.output
     cal_one = load_pack(pack_dir).calibration
     assert cal_one is not None and cal_one.strength == 1.0
+    assert cal_one.notes["sizes_from_n_dilemmas"] == 8  # still the sizing run's, not the last
 
 
 def test_overwriting_a_pack_drops_its_old_calibration_and_a_resave_keeps_it(

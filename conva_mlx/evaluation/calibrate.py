@@ -181,15 +181,7 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
     where = (f"blocks {blocks[0]}-{blocks[-1]}" if blocks else "each value's recipe blocks")
     opts.say(f"calibrate: {len(values)} values x {len(opts.coefs)} coefficients along the "
              f"{direction} direction at {where}, {len(items)} calibration dilemmas")
-    settings = [MethodSetting("calibrated", c) for c in opts.coefs]
-    instructed = [MethodSetting("ica+calibrated", c) for c in opts.coefs] if opts.instruct else []
-    alone = [MethodSetting("ica")] if opts.instruct else []
-    run_choices(ChoiceRun(session, out),
-                ChoiceOptions(values=values, settings=settings + instructed + alone,
-                              split="calibration", n=opts.n,
-                              batch_size=opts.batch_size, show_progress=opts.show_progress,
-                              progress=opts.progress))
-    store = JsonlStore(out / "choices.jsonl")
+    doses = _score_doses(session, out, opts, values)
     cal = Calibration(pack.model.fingerprint, pack.dataset_hash, pack.recipe.name,
                       opts.target_shift, {}, direction=direction, blocks=blocks,
                       notes={"coefficients": list(opts.coefs),
@@ -197,15 +189,9 @@ def run_calibration(session: SteeringSession, out: Path, opts: CalibrateOptions
                              "n_dilemmas": len(items)})
     for v in values:
         own = [it for it in items if it.value == v]
-        points = _points(store, settings, v, own)
-        coef, reached = choose_coef(points, opts.target_shift, opts.fluency_floor)
-        cal.values[v] = ValueCalibration({v: round(coef, 4)},
-                                         _favoured(store, MethodSetting("none"), UNSTEERED, own),
-                                         _in_strength_units(points, coef), len(own))
-        if opts.instruct:
-            cal.values[v].instructed_favoured = _favoured(store, alone[0], v, own)
-            cal.values[v].instructed_curve = _in_strength_units(
-                _points(store, instructed, v, own), coef)
+        coef, reached = choose_coef(_points(doses.store, doses.pushes, v, own),
+                                    opts.target_shift, opts.fluency_floor)
+        cal.values[v] = doses.value_calibration(v, own, {v: round(coef, 4)}, coef)
         cal.notes["reached"][v] = reached
     cal.instruct = opts.instruct  # measured with the instruction: instruction + push by default
     cal.strength = 1.0 if opts.default_strength is None else opts.default_strength
@@ -230,34 +216,56 @@ def remeasure_curves(session: SteeringSession, out: Path, opts: CalibrateOptions
     items = load_choice_items(values, "calibration", opts.n)
     opts.say(f"calibrate: the kept sizes of {len(values)} values at strengths "
              f"{', '.join(f'{c:g}' for c in opts.coefs)}, {len(items)} calibration dilemmas")
-    settings = [MethodSetting("calibrated", c) for c in opts.coefs]
-    instructed = [MethodSetting("ica+calibrated", c) for c in opts.coefs] if opts.instruct else []
-    alone = [MethodSetting("ica")] if opts.instruct else []
-    run_choices(ChoiceRun(session, out),
-                ChoiceOptions(values=values, settings=settings + instructed + alone,
-                              split="calibration", n=opts.n,
-                              batch_size=opts.batch_size, show_progress=opts.show_progress,
-                              progress=opts.progress))
-    store = JsonlStore(out / "choices.jsonl")
+    doses = _score_doses(session, out, opts, values)
     cal = Calibration(kept.model_fingerprint, kept.dataset_hash, kept.recipe,
                       kept.target_shift, {}, direction=kept.direction, blocks=kept.blocks,
                       notes={**kept.notes, "strengths": list(opts.coefs),
-                             "sizes_from_n_dilemmas": kept.notes.get("n_dilemmas"),
+                             "sizes_from_n_dilemmas": kept.notes.get(
+                                 "sizes_from_n_dilemmas", kept.notes.get("n_dilemmas")),
                              "n_dilemmas": len(items)})
     for v in values:
         own = [it for it in items if it.value == v]
-        cal.values[v] = ValueCalibration(dict(kept.values[v].mix),
-                                         _favoured(store, MethodSetting("none"), UNSTEERED, own),
-                                         _in_strength_units(_points(store, settings, v, own),
-                                                            1.0), len(own))
-        if opts.instruct:
-            cal.values[v].instructed_favoured = _favoured(store, alone[0], v, own)
-            cal.values[v].instructed_curve = _in_strength_units(
-                _points(store, instructed, v, own), 1.0)
+        cal.values[v] = doses.value_calibration(v, own, dict(kept.values[v].mix), 1.0)
     cal.instruct = opts.instruct
     cal.strength = kept.strength if opts.default_strength is None else opts.default_strength
     pack.calibration = cal
     return cal
+
+
+@dataclass(frozen=True)
+class _Doses:
+    """The dose-response's scores: each push of the run (`coefs`), the same with ICA's
+    instruction where it was asked for, and the instruction alone."""
+
+    store: JsonlStore
+    pushes: list[MethodSetting]
+    instructed: list[MethodSetting]
+
+    def value_calibration(self, value: str, own: list[ChoiceItem], mix: dict[str, float],
+                          unit: float) -> ValueCalibration:
+        """`value`'s calibration for the push `mix`; curve strengths = coefficient / unit."""
+        cal = ValueCalibration(mix, _favoured(self.store, MethodSetting("none"), UNSTEERED, own),
+                               _in_strength_units(_points(self.store, self.pushes, value, own),
+                                                  unit), len(own))
+        if self.instructed:
+            cal.instructed_favoured = _favoured(self.store, MethodSetting("ica"), value, own)
+            cal.instructed_curve = _in_strength_units(
+                _points(self.store, self.instructed, value, own), unit)
+        return cal
+
+
+def _score_doses(session: SteeringSession, out: Path, opts: CalibrateOptions,
+                 values: list[str]) -> _Doses:
+    """Score (resuming) every setting the calibration reads, at the pack's current pushes."""
+    pushes = [MethodSetting("calibrated", c) for c in opts.coefs]
+    instructed = [MethodSetting("ica+calibrated", c) for c in opts.coefs] if opts.instruct else []
+    alone = [MethodSetting("ica")] if opts.instruct else []
+    run_choices(ChoiceRun(session, out),
+                ChoiceOptions(values=values, settings=pushes + instructed + alone,
+                              split="calibration", n=opts.n,
+                              batch_size=opts.batch_size, show_progress=opts.show_progress,
+                              progress=opts.progress))
+    return _Doses(JsonlStore(out / "choices.jsonl"), pushes, instructed)
 
 
 def _favoured(store: JsonlStore, setting: MethodSetting, steered: str,
