@@ -23,9 +23,11 @@ from conva_mlx.evaluation.choices import (
     parse_settings,
     score_letter,
 )
+from conva_mlx.evaluation.promise import promise_check
 from conva_mlx.evaluation.stats import paired_shift
 from conva_mlx.models.loading import LoadedModel
-from conva_mlx.packs.pack import Pack
+from conva_mlx.packs.calibration import Calibration, CurvePoint, ValueCalibration
+from conva_mlx.packs.pack import Pack, load_pack
 from conva_mlx.steering import SteerConfig, SteeringSession
 from conva_mlx.steering.reports import GateReport
 from conva_mlx.values import VALUE_NAMES
@@ -215,6 +217,51 @@ def test_choices_leakage_scores_every_value_under_every_push(small_pack_dir: Pat
     full = json.loads((out / "results.json").read_text())["leakage"]["caa"]["rows"]
     assert set(full["power"]["cells"]) == {"benevolence", "power"}
     assert (out / "leakage-caa.png").is_file()
+
+
+def test_choices_sets_each_calibrated_setting_beside_its_promise(full_pack_dir: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "promise"
+    res = CliRunner().invoke(cli, ["choices", "--pack", str(full_pack_dir), "--values",
+                                   "benevolence,power", "--methods",
+                                   "none,caa,calibrated:0.5,ica+calibrated", "--n", "3",
+                                   "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout.strip().splitlines()[-1])
+    cal = load_pack(full_pack_dir).calibration
+    assert cal is not None and cal.instruct  # the shipped calibration, measured with it
+    promises = {p["setting"]: p for p in obj["promise"]}
+    assert set(promises) == {"calibrated x0.5", "ica+calibrated"}  # not CAA's
+    for label, strength, instructed in (("calibrated x0.5", 0.5, False),
+                                        ("ica+calibrated", 1.0, True)):
+        p = promises[label]
+        assert (p["strength"], p["instructed"]) == (strength, instructed)
+        gaps = []
+        for v, row in p["rows"].items():
+            measured = obj["methods"][label]["per_value"][v]
+            assert row["measured"] == pytest.approx(measured["favoured"])
+            assert row["promised"] == pytest.approx(cal.values[v].effect_at(strength, instructed),
+                                                    abs=1e-4)
+            assert row["unsteered_here"] == pytest.approx(obj["profile"][v]["favoured"])
+            assert row["lift_measured"] == pytest.approx(row["measured"] - row["unsteered_here"],
+                                                         abs=1e-3)
+            gaps.append(abs(row["gap"]))
+        assert p["within"] == sum(g <= 0.1 + 1e-9 for g in gaps)
+        assert p["mean_abs_gap"] == pytest.approx(float(np.mean(gaps)), abs=1e-3)
+    assert "Promise of ica+calibrated" in (out / "results.md").read_text()
+
+
+def test_no_promise_where_the_calibration_did_not_measure_the_setting() -> None:
+    cal = Calibration("f" * 16, "h", "accuracy", 1.5, {"power": ValueCalibration(
+        {"power": 1.0}, 0.4, [CurvePoint(1.0, 1.5, 0.6, -1.0)], 10)})
+    assert promise_check(cal, "ica+calibrated", "ica+calibrated", 1.0, {"power": 0.5},
+                         {"power": 0.4}) is None  # the push alone's curve only
+    assert promise_check(cal, "calibrated", "calibrated", 1.0, {"benevolence": 0.5},
+                         {"benevolence": 0.4}) is None  # a value it never calibrated
+    p = promise_check(cal, "calibrated", "calibrated", 0.5, {"power": 0.45}, {"power": 0.2})
+    assert p is not None and p["rows"]["power"]["promised"] == pytest.approx(0.5)
+    assert (p["within"], p["unsteered_within"], p["lift_within"]) == (1, 0, 0)
+    assert p["rows"]["power"]["lift_measured"] == pytest.approx(0.25)
 
 
 def test_choices_cli_refuses_bad_input(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def choices(pack_spec: str | None, model_spec: str, dtype: str, values_spec: str
     session = SteeringSession(lm, pack)
     opts = ChoiceOptions(values=values, settings=settings, form=form,  # type: ignore[arg-type]
                          split=split, n=n, mode=mode,  # type: ignore[arg-type]
-                         batch_size=batch_size, leakage=leakage)
+                         batch_size=batch_size, leakage=leakage, promise=True)
     results = run_choices(ChoiceRun(session, out), opts)
     if as_json:
         click.echo(json.dumps(json_summary(results)))

@@ -26,6 +26,7 @@ import numpy as np
 
 from conva_mlx.data.dataset import ValueData
 from conva_mlx.errors import ConvaError
+from conva_mlx.evaluation.promise import promise_check, render_promise
 from conva_mlx.evaluation.stats import mean_ci, paired_shift
 from conva_mlx.evaluation.store import JsonlStore, saved_settings
 from conva_mlx.fsutil import OutputKind, atomic_write_json, atomic_write_text, check_output_dir
@@ -244,6 +245,8 @@ class ChoiceOptions:
     batch_size: int = 16
     leakage: bool = False  # score every steered value on every value's dilemmas
     ids: frozenset[str] | None = None  # only these dilemmas (None = the half's first n)
+    # set the calibrated settings' measured shares beside the pack calibration's promise
+    promise: bool = False
     show_progress: bool = True
     progress: Callable[[int, int], None] | None = None
 
@@ -348,6 +351,8 @@ def summarise(store: JsonlStore, opts: ChoiceOptions, items: list[ChoiceItem]
             steered_scores[v] = xs
             sh = paired_shift([xs], [base[v]])
             per_value[v] = {"mean": round(float(np.mean(xs)), 4), **sh.as_dict()}
+            if form == "likelihood":  # the share a calibration's promise speaks of
+                per_value[v]["favoured"] = round(float(np.mean(np.asarray(xs) > 0)), 4)
             gates = [store.records[score_key(form, setting, key_v, it.id)].get("gate_open")
                      for it in its]
             used = [g for g in gates if g is not None]
@@ -458,6 +463,16 @@ def run_choices(run: ChoiceRun, opts: ChoiceOptions) -> dict[str, Any]:
     check_run(run)
     store = score_all(run, opts, items)
     results = summarise(store, opts, items)
+    pack = run.session.pack
+    if opts.promise and opts.form == "likelihood" and pack is not None \
+            and pack.calibration is not None:
+        promises = [promise_check(pack.calibration, s.label, s.method,
+                                  1.0 if s.strength is None else s.strength,
+                                  {v: c["favoured"] for v, c in
+                                   results["methods"][s.label]["per_value"].items()},
+                                  {v: p["favoured"] for v, p in results["profile"].items()})
+                    for s in opts.settings if s.method in CALIBRATED_SETTINGS]
+        results["promise"] = [p for p in promises if p is not None]
     lm = run.session.lm
     results.update({
         "model": lm.model_id, "fingerprint": lm.fingerprint,
@@ -518,6 +533,8 @@ def render_markdown(results: dict[str, Any]) -> str:
               "|---|---|---|"]
     for v, p in results["profile"].items():
         lines.append(f"| {v} | {p['favoured']:.2f} | [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] |")
+    for promise in results.get("promise", []):
+        lines += render_promise(promise, results["split"])
     for label, mat in results.get("leakage", {}).items():
         cols = list(next(iter(mat["rows"].values()))["cells"])
         lines += ["", f"Leakage of {label} (rows: value steered; columns: dilemmas scored; "
@@ -545,11 +562,13 @@ def json_summary(results: dict[str, Any]) -> dict[str, Any]:
     """The object `conva-mlx choices --json` prints."""
     return {"methods": {m: {"mean": r["mean"], "shift": r["shift"], "ci": r["ci"],
                             "moved": r["moved"],
-                            "per_value": {v: {k: c[k] for k in ("mean", "shift", "ci", "moved")}
+                            "per_value": {v: {k: c[k] for k in ("mean", "shift", "ci", "moved",
+                                                                "favoured") if k in c}
                                           for v, c in r["per_value"].items()}}
                         for m, r in results["methods"].items()},
             "form": results["form"], "model": results["model"], "split": results["split"],
             "profile": results["profile"],
+            **({"promise": results["promise"]} if "promise" in results else {}),
             **({"leakage": {m: {k: v for k, v in mat.items() if k != "rows"}
                             | {"rows": {sv: {k: row[k] for k in
                                              ("target_shift", "selectivity",
