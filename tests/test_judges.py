@@ -32,6 +32,7 @@ from conva_mlx.evaluation.judges import (
 )
 from conva_mlx.evaluation.stance_judge import StanceJudge
 from conva_mlx.models.loading import LoadedModel
+from conva_mlx.probes.gate import dilemma_split
 from conva_mlx.values import VALUE_NAMES
 from tests.local_servers import free_port, running_server
 
@@ -280,11 +281,12 @@ def test_the_shipped_steering_labels_sit_in_their_half_of_the_dilemmas(
     assert len(labels) == len(records) == rows
     data = ValueData()
     prompts = {d.id: d for v in VALUE_NAMES for d in data.dilemmas(v)}
+    calibration, test = dilemma_split([lab.prompt_id for lab in labels])
+    assert len((calibration, test)[1 - half]) == rows  # every reply in the named half
     keys = set()
     for r, lab in zip(records, labels):
         dilemma = prompts[lab.prompt_id]
         assert (dilemma.prompt, dilemma.value) == (lab.question, lab.value)
-        assert int(lab.prompt_id.rsplit("-", 1)[1]) % 2 == half
         assert r["model"].count("/") == 1 and lab.method != "unknown"
         keys.add((r["model"], lab.method, lab.prompt_id))
     assert len(keys) == rows

@@ -142,7 +142,7 @@ def _points(store: JsonlStore, settings: list[MethodSetting], value: str,
             fav.append(r["score"] > 0)
             flu.append((r["ll_value"] + r["ll_competing"] - b["ll_value"]
                         - b["ll_competing"]) / 2)
-        out.append(DosePoint(float(s.strength or 1.0), float(np.mean(shifts)),
+        out.append(DosePoint(s.push_strength, float(np.mean(shifts)),
                              float(np.mean(fav)), float(np.mean(flu))))
     return out
 

@@ -101,15 +101,19 @@ class MethodSetting:
     def steers(self) -> bool:
         return self.method != "none"
 
+    @property
+    def push_strength(self) -> float:
+        """CAA's coefficient or the calibrated push's strength (None = 1: CAA x1, the
+        calibrated push itself)."""
+        return 1.0 if self.strength is None else self.strength
+
     def config(self, value: str, mode: Mode | None = None) -> SteerConfig:
         if self.method in ("none", "ica"):
             return SteerConfig([Target(value)], method=self.method)  # type: ignore[arg-type]
         if self.method == "caa":
-            return SteerConfig([Target(value)], method="caa",
-                               caa_coef=1.0 if self.strength is None else self.strength)
+            return SteerConfig([Target(value)], method="caa", caa_coef=self.push_strength)
         if self.method in CALIBRATED_SETTINGS:
-            return SteerConfig([Target(value)], method="calibrated",
-                               strength=1.0 if self.strength is None else self.strength,
+            return SteerConfig([Target(value)], method="calibrated", strength=self.push_strength,
                                instruct=self.method == "ica+calibrated")
         return SteerConfig([Target(value, self.strength)], method="conva",
                            gate=self.method == "conva", mode=mode or "prompt")
@@ -466,8 +470,7 @@ def run_choices(run: ChoiceRun, opts: ChoiceOptions) -> dict[str, Any]:
     pack = run.session.pack
     if opts.promise and opts.form == "likelihood" and pack is not None \
             and pack.calibration is not None:
-        promises = [promise_check(pack.calibration, s.label, s.method,
-                                  1.0 if s.strength is None else s.strength,
+        promises = [promise_check(pack.calibration, s.label, s.method, s.push_strength,
                                   {v: c["favoured"] for v, c in
                                    results["methods"][s.label]["per_value"].items()},
                                   {v: p["favoured"] for v, p in results["profile"].items()})
